@@ -167,6 +167,26 @@ def test_transient_fault_then_success(backend, fault):
     assert r.text.startswith(f"[fake {provider}]")
 
 
+@pytest.mark.parametrize("fault", [Fault.rate_limited(0.01), Fault.server_error(502), Fault.malformed()], ids=["429", "502", "malformed"])
+def test_stream_is_retried_before_its_first_piece(backend, fault):
+    provider, sdk, srv, make, key = backend
+    srv.fail_next(fault)
+    s = make(cache=False).stream("hello")
+    pieces = list(s)
+    assert s.response.retries == 1 and len(srv.requests) == 2 and srv.requests[0].stream
+    assert len(pieces) >= 2 and "".join(pieces) == s.response.text
+
+
+def test_stream_cut_short_after_text_is_an_error_not_a_retry(backend):
+    provider, sdk, srv, make, key = backend
+    srv.fail_next(Fault.truncate())
+    got = []
+    with pytest.raises(apis.ResponseFormatError, match="stream ended before|malformed"):
+        make(cache=False).chat("hello", stream=True, on_text=got.append)
+    assert len(srv.requests) == 1 and srv.requests[0].fault == "truncate"
+    assert got, "some text was delivered before the stream broke"
+
+
 def test_retry_after_is_honoured(backend):
     provider, sdk, srv, make, key = backend
     srv.fail_next(Fault.rate_limited(0.4), Fault.rate_limited(0.2))
