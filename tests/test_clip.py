@@ -89,3 +89,34 @@ def test_zero_shot_mean_of_normalised_prompts():
     assert torch.allclose(W[0], ref_a, atol=1e-6)
     acc = zero_shot_accuracy(torch.tensor([[0.1, 1.0], [-1.0, -1.0]]), torch.tensor([0, 1]), W, ks=(1,))
     assert acc == {1: 1.0}
+
+
+def test_sample_caption_batch_pairs_images_with_their_own_captions():
+    from mmlab.clip import sample_caption_batch
+    t2i = torch.tensor([2, 0, 1, 0, 2, 1, 3, 3, 3])
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(30):
+        imgs, caps = sample_caption_batch(t2i, 3, g)
+        assert len(set(imgs.tolist())) == 3 and (t2i[caps] == imgs).all()
+        seen |= set(caps.tolist())
+    assert seen == set(range(9))          # every caption is used
+    with pytest.raises(ValueError, match="no caption"): sample_caption_batch(torch.tensor([0, 2]), 2, g)
+
+
+def test_fit_clip_learns_a_tiny_matching_problem():
+    from mmlab.clip import LockedTextCLIP, embed_all, fit_clip
+    from mmlab.retrieval import image_text_retrieval
+    torch.manual_seed(0)
+    vis = VisionCfg(width=16, layers=1, heads=2, mlp_width=32, image_size=8, patch_size=4)
+    # 16 images, each a distinct colour; the "sentence features" are a noisy linear code of the colour
+    colours = torch.rand(16, 3)
+    px = colours[:, :, None, None].expand(16, 3, 8, 8).clone()
+    feats = colours @ torch.randn(3, 12) + 0.01 * torch.randn(16, 12)
+    m = LockedTextCLIP(vis, text_dim=12, embed_dim=8)
+    before = image_text_retrieval(*embed_all(m, px, feats, device="cpu"), torch.arange(16))
+    hist = fit_clip(m, px, feats, torch.arange(16), steps=150, batch_size=16, lr=1e-2, warmup=10, device="cpu")
+    after = image_text_retrieval(*embed_all(m, px, feats, device="cpu"), torch.arange(16))
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    assert after["text_to_image"]["R@5"] > before["text_to_image"]["R@5"]
+    with pytest.raises(ValueError, match=r"\(T, 12\)"): m.encode_text(torch.randn(3, 10))
