@@ -1,0 +1,129 @@
+"CLIP from scratch: Hugging Face weight-mapping parity (float32, 1e-5) on tiny configs of several shapes."
+import pytest
+import torch
+from transformers import CLIPModel
+
+from mmlab.clip import (CLIP, ClipCfg, TextCfg, VisionCfg, clip_cfg_from_hf, clip_cfg_to_hf, hf_parity,
+                        hf_to_mmlab_state_dict, mmlab_to_hf_state_dict, parity_configs, random_clip_inputs,
+                        zero_shot_accuracy, zero_shot_classifier)
+
+CONFIGS = parity_configs()
+
+
+def perturbed_hf(config, seed=0):
+    torch.manual_seed(seed)
+    hf = CLIPModel(config).eval()
+    with torch.no_grad():
+        for p in hf.parameters(): p.add_(0.05 * torch.randn_like(p))
+    return hf
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_parity_with_hf(name):
+    cfg = CONFIGS[name]
+    hf = perturbed_hf(cfg, seed=len(name))
+    L = min(12, cfg.text_config.max_position_embeddings)
+    gaps = hf_parity(hf, *random_clip_inputs(cfg, batch=5, length=L, seed=3))
+    assert max(gaps.values()) < 1e-5, gaps
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_state_dict_round_trip_is_exact(name):
+    hf = perturbed_hf(CONFIGS[name])
+    ours = CLIP.from_hf(hf)
+    ref = {k: v for k, v in hf.state_dict().items() if not k.endswith("position_ids")}
+    back = ours.to_hf_state_dict()
+    assert back.keys() == ref.keys()
+    assert all(torch.equal(back[k], ref[k]) for k in ref)
+    assert clip_cfg_from_hf(clip_cfg_to_hf(ours.cfg)) == ours.cfg
+
+
+def test_to_hf_gives_same_logits():
+    torch.manual_seed(0)
+    cfg = ClipCfg(VisionCfg(width=32, layers=1, heads=2, mlp_width=48, image_size=16, patch_size=4),
+                  TextCfg(width=16, layers=2, heads=2, mlp_width=24, vocab_size=60, context_length=10, eos_token_id=1),
+                  embed_dim=8)
+    ours = CLIP(cfg).eval()
+    px, ids, mask = random_clip_inputs(clip_cfg_to_hf(cfg), batch=4, length=8)
+    with torch.no_grad():
+        a = ours(px, ids, mask).logits_per_image
+        b = ours.to_hf()(pixel_values=px, input_ids=ids, attention_mask=mask).logits_per_image
+    assert (a - b).abs().max() < 1e-5
+
+
+def test_a_wrong_mapping_is_caught():
+    "Swapping q and k in the fused projection must break parity: the test can fail."
+    hf = perturbed_hf(CONFIGS["tiny"])
+    cfg = clip_cfg_from_hf(hf.config)
+    sd = hf_to_mmlab_state_dict(hf.state_dict(), cfg)
+    w = sd["text.blocks.0.attn.qkv.weight"]; D = cfg.text.width
+    sd["text.blocks.0.attn.qkv.weight"] = torch.cat([w[D:2 * D], w[:D], w[2 * D:]])
+    ours = CLIP(cfg).eval(); ours.load_state_dict(sd)
+    _, ids, mask = random_clip_inputs(hf.config, batch=3)
+    with torch.no_grad():
+        gap = (ours.encode_text(ids, mask) - hf.get_text_features(input_ids=ids, attention_mask=mask).pooler_output).abs().max()
+    assert gap > 1e-3
+
+
+def test_mapping_errors_name_the_key():
+    hf = CLIPModel(CONFIGS["tiny"])
+    cfg = clip_cfg_from_hf(hf.config)
+    sd = hf.state_dict(); sd["extra.weight"] = torch.zeros(1)
+    with pytest.raises(KeyError, match="extra.weight"): hf_to_mmlab_state_dict(sd, cfg)
+    sd = hf.state_dict(); del sd["vision_model.post_layernorm.bias"]
+    with pytest.raises(KeyError, match="post_layernorm.bias"): hf_to_mmlab_state_dict(sd, cfg)
+    assert set(mmlab_to_hf_state_dict(CLIP(cfg).state_dict(), cfg)) == {k for k in hf.state_dict() if not k.endswith("position_ids")}
+
+
+def test_input_errors():
+    m = CLIP(clip_cfg_from_hf(CONFIGS["tiny"]))
+    with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\).*\(1, 3, 16, 16\)"): m.encode_image(torch.randn(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="context length 77"): m.encode_text(torch.ones(1, 80, dtype=torch.long))
+    with pytest.raises(ValueError, match="end-of-text"): m.encode_text(torch.tensor([[0, 5, 6]]))
+
+
+def test_zero_shot_mean_of_normalised_prompts():
+    emb = {"x a": torch.tensor([3.0, 4.0]), "y a": torch.tensor([0.0, 1.0]), "x b": torch.tensor([-1.0, 0.0]), "y b": torch.tensor([0.0, -2.0])}
+    W = zero_shot_classifier(lambda ts: torch.stack([emb[t] for t in ts]), ["a", "b"], ["x {}", "y {}"])
+    ref_a = torch.nn.functional.normalize(torch.tensor([0.6, 0.8]) + torch.tensor([0.0, 1.0]), dim=0)
+    assert torch.allclose(W[0], ref_a, atol=1e-6)
+    acc = zero_shot_accuracy(torch.tensor([[0.1, 1.0], [-1.0, -1.0]]), torch.tensor([0, 1]), W, ks=(1,))
+    assert acc == {1: 1.0}
+
+
+def test_sample_caption_batch_pairs_images_with_their_own_captions():
+    from mmlab.clip import sample_caption_batch
+    t2i = torch.tensor([2, 0, 1, 0, 2, 1, 3, 3, 3])
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for _ in range(30):
+        imgs, caps = sample_caption_batch(t2i, 3, g)
+        assert len(set(imgs.tolist())) == 3 and (t2i[caps] == imgs).all()
+        seen |= set(caps.tolist())
+    assert seen == set(range(9))          # every caption is used
+    with pytest.raises(ValueError, match="no caption"): sample_caption_batch(torch.tensor([0, 2]), 2, g)
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads(); torch.set_num_threads(1)   # tiny tensors: threads only add overhead
+    yield
+    torch.set_num_threads(n)
+
+
+def test_fit_clip_learns_a_tiny_matching_problem(one_thread):
+    from mmlab.clip import LockedTextCLIP, embed_all, fit_clip
+    from mmlab.retrieval import image_text_retrieval
+    torch.manual_seed(0)
+    vis = VisionCfg(width=16, layers=1, heads=2, mlp_width=32, image_size=8, patch_size=4)
+    # 16 images, each a distinct colour; the "sentence features" are a noisy linear code of the colour
+    colours = torch.rand(16, 3)
+    px = colours[:, :, None, None].expand(16, 3, 8, 8).clone()
+    feats = colours @ torch.randn(3, 12) + 0.01 * torch.randn(16, 12)
+    m = LockedTextCLIP(vis, text_dim=12, embed_dim=8)
+    before = image_text_retrieval(*embed_all(m, px, feats, device="cpu"), torch.arange(16))
+    hist = fit_clip(m, px, feats, torch.arange(16), steps=60, batch_size=16, lr=1e-2, warmup=5, device="cpu")
+    after = image_text_retrieval(*embed_all(m, px, feats, device="cpu"), torch.arange(16))
+    assert hist["loss"][-1] < 0.5 * hist["loss"][0]
+    assert after["text_to_image"]["R@5"] > before["text_to_image"]["R@5"]
+    with pytest.raises(ValueError, match=r"\(T, 12\)"): m.encode_text(torch.randn(3, 10))
