@@ -151,4 +151,15 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'mmlab.data.synth.make_av_digits': ('synth.html#make_av_digits', 'mmlab/data/synth.py'),
                                   'mmlab.data.synth.make_sentiment': ('synth.html#make_sentiment', 'mmlab/data/synth.py'),
                                   'mmlab.data.synth.make_shape_captions': ('synth.html#make_shape_captions', 'mmlab/data/synth.py'),
-                                  'mmlab.data.synth.make_trimodal': ('synth.html#make_trimodal', 'mmlab/data/synth.py')}}}
+                                  'mmlab.data.synth.make_trimodal': ('synth.html#make_trimodal', 'mmlab/data/synth.py')},
+            'mmlab.eda': { 'mmlab.eda.ProbeResult': ('eda.html#proberesult', 'mmlab/eda.py'),
+                           'mmlab.eda.audio_features': ('eda.html#audio_features', 'mmlab/eda.py'),
+                           'mmlab.eda.canonical_correlations': ('eda.html#canonical_correlations', 'mmlab/eda.py'),
+                           'mmlab.eda.dataset_features': ('eda.html#dataset_features', 'mmlab/eda.py'),
+                           'mmlab.eda.embed_2d': ('eda.html#embed_2d', 'mmlab/eda.py'),
+                           'mmlab.eda.format_probe_table': ('eda.html#format_probe_table', 'mmlab/eda.py'),
+                           'mmlab.eda.image_features': ('eda.html#image_features', 'mmlab/eda.py'),
+                           'mmlab.eda.plot_embeddings': ('eda.html#plot_embeddings', 'mmlab/eda.py'),
+                           'mmlab.eda.probe': ('eda.html#probe', 'mmlab/eda.py'),
+                           'mmlab.eda.probe_table': ('eda.html#probe_table', 'mmlab/eda.py'),
+                           'mmlab.eda.text_features': ('eda.html#text_features', 'mmlab/eda.py')}}}
