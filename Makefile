@@ -8,8 +8,8 @@ BIN    := $(VENV)/bin
 # serves one (and the CUDA build on a GPU machine), and the package's `torch>=2.4` keeps it.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.mmlab-installed
-# Tests and notebooks never touch the network.
-TEST_ENV := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MMLAB_OFFLINE=true MPLBACKEND=Agg PYTHONHASHSEED=0
+# Tests and notebooks never touch the network; two pytest workers share the cores, one thread each.
+TEST_ENV := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MMLAB_OFFLINE=true MPLBACKEND=Agg PYTHONHASHSEED=0
 
 .PHONY: setup lab test clean
 
