@@ -118,6 +118,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'mmlab.grade._nbgrader': ('grading.html#_nbgrader', 'mmlab/grade.py'),
                              'mmlab.grade._notebook_text': ('grading.html#_notebook_text', 'mmlab/grade.py'),
                              'mmlab.grade._outcome': ('grading.html#_outcome', 'mmlab/grade.py'),
+                             'mmlab.grade._package_dir': ('grading.html#_package_dir', 'mmlab/grade.py'),
                              'mmlab.grade._parse': ('grading.html#_parse', 'mmlab/grade.py'),
                              'mmlab.grade._regions': ('grading.html#_regions', 'mmlab/grade.py'),
                              'mmlab.grade._run_cell': ('grading.html#_run_cell', 'mmlab/grade.py'),
