@@ -146,3 +146,13 @@ def test_strip_functions_round_trip():
     out = strip_solutions(src, "fg")
     assert out.count("raise NotImplementedError") == 2 and "  # YOUR CODE HERE" in out.splitlines()[-2]
     assert strip_hidden("a\n### BEGIN HIDDEN TESTS\nb\n### END HIDDEN TESTS\nc") == "a\nc"
+
+
+def test_mmlab_console_script_dispatches_grade(course, tmp_path):
+    "`mmlab grade ...` goes through mmlab.core.main to grade_main."
+    from mmlab.core import main
+    root, _ = course
+    exe = tmp_path / "exercises"
+    assert main(["grade", "--generate", "--solutions", str(root / "solutions"), "--exercises", str(exe)]) == 0
+    assert main(["grade", "--generate", "--check", "--solutions", str(root / "solutions"), "--exercises", str(exe)]) == 0
+    assert (exe / "00_toy.ipynb").exists()
