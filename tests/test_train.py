@@ -163,3 +163,24 @@ def test_two_process_ddp_matches_one_process_with_double_batch(tmp_path):
     for k, v in single.model.state_dict().items():
         torch.testing.assert_close(w0[k], v, atol=1e-5, rtol=1e-4)
     assert infos[0]["history"][-1]["val_loss"] == pytest.approx(single.history[-1]["val_loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fusion-strategy", "sum"], "unknown fusion strategy 'sum'; valid fusion strategies: early, weighted, late"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'; valid datasets: trimodal, av_digits, sentiment"),
+    (["--modalities", "vision", "smell"], "unknown modality 'smell'; valid modalities of trimodal: vision, audio, text"),
+    (["--modalities", "vision", "vision"], "2 or more different modalities"),
+])
+def test_train_command_rejects_unknown_names(argv, message):
+    from mmlab.train import train_main
+    with pytest.raises(SystemExit, match=message):
+        train_main(argv)
+
+
+def test_evaluate_command_rejects_a_non_checkpoint(tmp_path):
+    from mmlab.evaluate import evaluate_main
+    with pytest.raises(SystemExit, match="is not an mmlab checkpoint"):
+        evaluate_main([str(tmp_path)])
+    with pytest.raises(SystemExit):
+        from mmlab.core import main
+        main(["train", "--fusion-strategy", "nope"])
