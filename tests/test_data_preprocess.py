@@ -1,0 +1,127 @@
+"Preprocessing: log-mel parity with librosa, each modality's output, and every error path."
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings as hsettings, strategies as st
+from PIL import Image
+
+from mmlab.data.schema import SchemaError
+
+from mmlab.data.preprocess import (AudioPreprocessor, PreprocessError, SensorPreprocessor, TextPreprocessor,
+                                   VideoPreprocessor, VisionPreprocessor, clean_text, load_audio, log_mel_spectrogram,
+                                   mel_filterbank, read_video_frames, sample_frame_indices, synchronize, write_video)
+
+librosa = pytest.importorskip("librosa")
+
+@pytest.mark.parametrize("sr, n_fft, hop, n_mels, fmin, fmax", [(16000, 512, 128, 64, 0., None), (8000, 256, 64, 40, 50., 3500.),
+                                                               (22050, 2048, 512, 128, 0., None)])
+def test_log_mel_equals_librosa(sr, n_fft, hop, n_mels, fmin, fmax):
+    "Tolerance: 1e-6 dB in float64, 1e-2 dB in float32 (on a chirp plus noise, top_db 80)."
+    rng = np.random.default_rng(sr)
+    t = np.arange(sr // 2) / sr
+    y = np.sin(2 * np.pi * (100 + 2000 * t) * t) + .05 * rng.normal(size=len(t))
+    fb = mel_filterbank(sr, n_fft, n_mels, fmin, fmax).numpy()
+    assert np.abs(fb - librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax, dtype=np.float64)).max() < 1e-12
+    ref = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=sr, n_fft=n_fft, hop_length=hop, n_mels=n_mels,
+                                                             fmin=fmin, fmax=fmax), ref=1.0, top_db=80.)
+    for dtype, tol in [(torch.float64, 1e-6), (torch.float32, 1e-2)]:
+        ours = log_mel_spectrogram(torch.from_numpy(y).to(dtype), sr, n_fft, hop, n_mels, fmin, fmax).numpy()
+        assert ours.shape == ref.shape and np.abs(ours - ref).max() < tol
+
+def test_log_mel_batches_match_single():
+    x = torch.randn(3, 2, 4000, dtype=torch.float64)
+    out = log_mel_spectrogram(x, 8000, 256, 64, 32)
+    assert out.shape == (3, 2, 32, 63)
+    assert torch.allclose(out[1, 0], log_mel_spectrogram(x[1, 0], 8000, 256, 64, 32))
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_log_mel_on_gpu_equals_cpu():
+    x = torch.randn(4, 16000)
+    assert torch.allclose(log_mel_spectrogram(x.cuda(), 16000).cpu(), log_mel_spectrogram(x, 16000), atol=1e-2)
+
+def test_audio_file_resample_trim_pad(tmp_path):
+    import soundfile as sf
+    sig = np.concatenate([np.zeros(2205), .5 * np.sin(2 * np.pi * 440 * np.arange(11025) / 22050), np.zeros(2205)])
+    sf.write(tmp_path / "a.wav", np.stack([sig, sig], 1), 22050)              # stereo 22.05 kHz
+    ap = AudioPreprocessor(sr=16000, seconds=1.0, output="waveform")
+    w = ap(tmp_path / "a.wav")
+    on = np.flatnonzero(np.abs(w.numpy()) > 1e-3)
+    assert w.shape == (16000,) and on[0] < 300 and abs((on[-1] - on[0]) / 16000 - .5) < .02
+    f = ap.features(tmp_path / "a.wav")
+    assert abs(np.median(f["spectral_centroid"][5:50]) - 440) < 40
+    assert abs(np.median(f["zero_crossing_rate"][5:50]) * 16000 - 880) < 40
+    assert f["spectral_rolloff"].shape == f["spectral_centroid"].shape and f["mfcc"].shape[0] == 20
+
+@pytest.mark.parametrize("x, sr, words", [
+    (np.zeros(0), 8000, ["empty"]), (np.zeros(4000), 8000, ["silent"]), (np.full(10, np.inf), 8000, ["NaN/inf"]),
+    (np.ones(10), None, ["sampling rate"]), ({"array": 1}, 8000, ["dict"]), (np.ones((2, 2, 2)), 8000, ["shape"]),
+    (np.array(["a", "b"]), 8000, ["dtype"]), ("nope.wav", None, ["no such file", "nope.wav"]),
+])
+def test_audio_errors(x, sr, words):
+    with pytest.raises(PreprocessError) as e: AudioPreprocessor()(x, sr=sr)
+    assert str(e.value).startswith("audio") and all(w in str(e.value) for w in words)
+
+def test_audio_corrupt_file(tmp_path):
+    (tmp_path / "c.wav").write_bytes(b"RIFF1234WAVEfmt garbage")
+    with pytest.raises(PreprocessError, match="audio: cannot read"): load_audio(tmp_path / "c.wav")
+
+def test_vision_resize_normalise_augment():
+    vp = VisionPreprocessor(size=8, mean=(0, 0, 0), std=(1, 1, 1))
+    x = vp(Image.new("RGB", (20, 10), (0, 128, 255)))
+    assert x.shape == (3, 8, 8) and torch.allclose(x.mean((1, 2)), torch.tensor([0, 128 / 255, 1.]), atol=1e-5)
+    img = np.random.default_rng(1).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    a = vp(img, train=True, generator=torch.Generator().manual_seed(3))
+    b = vp(img, train=True, generator=torch.Generator().manual_seed(3))
+    c = vp(img, train=True, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+@pytest.mark.parametrize("x, word", [(None, "NoneType"), ("img.png", "str"), (np.zeros((0, 3, 3), np.uint8), "empty"),
+                                     (np.zeros((4, 4, 4)), "channels"), (np.full((4, 4, 3), np.nan), "NaN")])
+def test_vision_errors(x, word):
+    with pytest.raises(PreprocessError if word != "NaN" else SchemaError) as e: VisionPreprocessor()(x)
+    assert "vision" in str(e.value) and word in str(e.value)
+
+def test_text_clean_tokenize_and_errors():
+    assert clean_text("A\u00a0B\x00c  D") == "a b c d"
+    tp = TextPreprocessor(max_length=6)
+    ids = tp("the red circle is above the blue square")
+    assert len(ids) == 6
+    for bad, word in [(b"bytes", "bytes"), ("\t\n", "empty")]:
+        with pytest.raises(PreprocessError, match=f"text: .*{word}"): tp(bad)
+
+@hsettings(max_examples=30, deadline=None)
+@given(st.integers(1, 200), st.integers(1, 16), st.booleans(), st.integers(0, 2**16))
+def test_frame_indices_in_range_sorted_and_in_segments(n_total, n_frames, random, seed):
+    idx = sample_frame_indices(n_total, n_frames, "random" if random else "uniform", torch.Generator().manual_seed(seed))
+    assert len(idx) == n_frames and idx == sorted(idx) and 0 <= idx[0] and idx[-1] < n_total
+    for k, i in enumerate(idx): assert k * n_total // n_frames <= i <= -(-(k + 1) * n_total // n_frames)
+
+def test_video_roundtrip_and_errors(tmp_path):
+    frames = np.zeros((12, 16, 16, 3), np.uint8)
+    for t in range(12): frames[t, :, :, 0] = t * 20                      # red ramps up over time
+    p = write_video(tmp_path / "v.mp4", frames, fps=6)
+    got, fps = read_video_frames(p)
+    assert got.shape == frames.shape and fps == 6 and np.abs(got[..., 0].mean((1, 2)) - frames[..., 0].mean((1, 2))).max() < 8
+    clip = VideoPreprocessor(n_frames=4, vision=VisionPreprocessor(size=8, mean=(0, 0, 0), std=(1, 1, 1)))(p)
+    assert clip.shape == (4, 3, 8, 8) and (clip[1:, 0].mean((1, 2)) > clip[:-1, 0].mean((1, 2))).all()
+    (tmp_path / "bad.mp4").write_bytes(b"not a video at all")
+    with pytest.raises(PreprocessError, match="video: cannot decode"): read_video_frames(tmp_path / "bad.mp4")
+    with pytest.raises(PreprocessError, match="video: no such file"): read_video_frames(tmp_path / "none.mp4")
+    with pytest.raises(PreprocessError, match="video: unknown sampling mode"): sample_frame_indices(5, 2, "middle")
+    with pytest.raises(PreprocessError, match="video: expected uint8"): write_video(tmp_path / "x.mp4", np.zeros((2, 4, 4)))
+
+def test_sensor_windows_and_errors():
+    x = np.arange(120 * 6, dtype=float).reshape(120, 6)
+    w = SensorPreprocessor(window=40, hop=20)(x)
+    assert w.shape == (5, 40, 6) and torch.allclose(w[1, 0], w[0, 20])
+    assert torch.allclose(w.reshape(-1, 6).mean(0), torch.zeros(6), atol=.3)
+    with pytest.raises(PreprocessError, match=r"sensor: expected shape \(T, 6\), got \(120, 5\)"): SensorPreprocessor()(x[:, :5])
+    with pytest.raises(PreprocessError, match="sensor: 10 readings"): SensorPreprocessor()(x[:10])
+
+def test_synchronize_linear_streams():
+    t1, t2 = np.linspace(0, 1, 11), np.linspace(.25, 2, 8)
+    grid, out = synchronize({"a": (t1, 2 * t1 + 1), "b": (t2, np.stack([t2 ** 1, -t2], 1))}, rate=20)
+    assert grid[0] == pytest.approx(.25) and grid[-1] == pytest.approx(1.0) and len(grid) == 16
+    assert torch.allclose(out["a"][:, 0], 2 * grid + 1, atol=1e-5) and torch.allclose(out["b"][:, 1], -grid, atol=1e-5)
+    with pytest.raises(PreprocessError, match="not strictly increasing"): synchronize({"a": ([0, 0], [1, 2])}, 10)
+    with pytest.raises(PreprocessError, match="no streams"): synchronize({}, 10)
