@@ -184,3 +184,17 @@ def test_evaluate_command_rejects_a_non_checkpoint(tmp_path):
     with pytest.raises(SystemExit):
         from mmlab.core import main
         main(["train", "--fusion-strategy", "nope"])
+
+
+def test_encoder_pretraining_skips_samples_without_the_modality():
+    "A probe trains and is scored only on samples that have its modality (half of them here)."
+    from mmlab.fusion import FeatureEncoder
+    from mmlab.train import BatchDataset, pretrain_encoders
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 3, (200,), generator=g)
+    x = torch.nn.functional.one_hot(y, 3).float() * 3 + 0.3 * torch.randn(200, 3, generator=g)
+    has = torch.arange(200) % 2 == 0
+    x[~has] = 0.0
+    data = BatchDataset({"inputs": {"a": x}, "mask": {"a": has}, "pad_mask": {}, "labels": {"label": y}})
+    accs = pretrain_encoders({"a": FeatureEncoder(3)}, data, data, {"a": "label"}, 3, epochs=4, lr=3e-2)
+    assert accs["a"] > 0.9
