@@ -1,0 +1,145 @@
+"Parity, mask and property tests for mmlab.attention."
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+from torch import nn
+
+from mmlab.attention import (CoAttentionBlock, MultiHeadCrossAttention, load_torch_mha,
+                             scaled_dot_product_attention)
+
+SETTINGS = settings(max_examples=15, deadline=None)
+shapes = st.fixed_dictionaries(dict(B=st.integers(1, 4), H=st.integers(1, 4), Lq=st.integers(1, 7),
+                                    Lk=st.integers(1, 9), d=st.sampled_from([1, 4, 8]), seed=st.integers(0, 10_000)))
+
+
+def _inputs(B, H, Lq, Lk, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, L, d, generator=g, dtype=torch.float64) for L in (Lq, Lk, Lk)], g
+
+
+@SETTINGS
+@given(shapes)
+def test_sdpa_matches_torch_with_bool_mask(s):
+    (q, k, v), g = _inputs(**s)
+    mask = torch.rand(s["B"], 1, s["Lq"], s["Lk"], generator=g) > 0.4
+    mask[..., 0] = True                                          # rows keep one key here; dead rows tested below
+    ours, w = scaled_dot_product_attention(q, k, v, mask=mask)
+    torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1], dtype=w.dtype))
+    assert (w[~mask.expand_as(w)] == 0).all()
+
+
+@SETTINGS
+@given(shapes)
+def test_sdpa_matches_torch_with_additive_mask_and_scale(s):
+    (q, k, v), g = _inputs(**s)
+    add = torch.randn(s["Lq"], s["Lk"], generator=g, dtype=torch.float64)
+    ours, _ = scaled_dot_product_attention(q, k, v, mask=add, scale=0.3)
+    torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, attn_mask=add, scale=0.3))
+
+
+@SETTINGS
+@given(shapes)
+def test_masked_keys_cannot_change_the_output(s):
+    (q, k, v), g = _inputs(**s)
+    mask = torch.rand(s["B"], 1, 1, s["Lk"], generator=g) > 0.5
+    out, _ = scaled_dot_product_attention(q, k, v, mask=mask)
+    hidden = ~mask.transpose(-1, -2).expand_as(k)                # positions of masked keys in k and v
+    k2, v2 = k.clone(), v.clone()
+    k2[hidden] = 1e3; v2[hidden] = -1e3
+    out2, _ = scaled_dot_product_attention(q, k2, v2, mask=mask)
+    torch.testing.assert_close(out, out2)
+    assert torch.isfinite(out).all()
+
+
+def test_fully_masked_rows_are_zero_with_finite_grads():
+    q, k, v = (torch.randn(2, 3, 4, requires_grad=True) for _ in range(3))
+    mask = torch.ones(3, 3, dtype=torch.bool); mask[1] = False
+    add = torch.zeros(3, 3); add[1] = float("-inf")
+    for m in (mask, add):
+        out, w = scaled_dot_product_attention(q, k, v, mask=m)
+        assert out[:, 1].abs().sum() == 0 and w[:, 1].abs().sum() == 0
+        out.sum().backward()
+        assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+def test_sdpa_errors_name_the_shapes():
+    q = torch.randn(1, 2, 4)
+    with pytest.raises(ValueError, match=r"q \(1, 2, 4\) and k \(1, 3, 5\)"):
+        scaled_dot_product_attention(q, torch.randn(1, 3, 5), torch.randn(1, 3, 4))
+    with pytest.raises(ValueError, match="same length"):
+        scaled_dot_product_attention(q, torch.randn(1, 3, 4), torch.randn(1, 2, 4))
+    with pytest.raises(ValueError, match="dropout_p"):
+        scaled_dot_product_attention(q, q, q, dropout_p=1.0)
+    with pytest.raises(TypeError, match="int64"):
+        scaled_dot_product_attention(q, q, q, mask=torch.ones(2, 2, dtype=torch.long))
+
+
+def test_dropout_is_unbiased():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 2, 4), torch.randn(1, 5, 4), torch.randn(1, 5, 3)
+    ref, _ = scaled_dot_product_attention(q, k, v)
+    n = 4000                                                      # independent draws, as one batch
+    out, w = scaled_dot_product_attention(q.expand(n, 2, 4), k.expand(n, 5, 4), v.expand(n, 5, 3), dropout_p=0.3)
+    mean = out.mean(0, keepdim=True)
+    assert abs((w == 0).float().mean().item() - 0.3) < 0.02
+    torch.testing.assert_close(mean, ref, atol=0.08, rtol=0)
+
+
+@SETTINGS
+@given(B=st.integers(1, 3), H=st.sampled_from([1, 2, 4]), Lq=st.integers(1, 6), Lk=st.integers(1, 8),
+       kv_dim=st.sampled_from([8, 12]), seed=st.integers(0, 10_000))
+def test_cross_attention_matches_torch_mha(B, H, Lq, Lk, kv_dim, seed):
+    torch.manual_seed(seed)
+    mha = nn.MultiheadAttention(8, H, kdim=kv_dim, vdim=kv_dim, batch_first=True).eval()
+    ours = load_torch_mha(MultiHeadCrossAttention(8, H, kv_dim=kv_dim), mha).eval()
+    x, ctx = torch.randn(B, Lq, 8), torch.randn(B, Lk, kv_dim)
+    keep = torch.rand(B, Lk) > 0.3; keep[:, 0] = True
+    ref_out, ref_w = mha(x, ctx, ctx, key_padding_mask=~keep, need_weights=True)
+    got = ours(x, ctx, mask=keep, need_weights=True)
+    torch.testing.assert_close(got.output, ref_out, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(got.weights.mean(1), ref_w, atol=1e-6, rtol=1e-4)
+    fused = ours(x, ctx, mask=keep)                               # the fused-kernel path
+    assert fused.weights is None
+    torch.testing.assert_close(fused.output, ref_out, atol=1e-5, rtol=1e-4)
+
+
+def test_cross_attention_dead_rows_and_backward_on_both_paths():
+    torch.manual_seed(0)
+    att = MultiHeadCrossAttention(8, 2, kv_dim=6)
+    x, ctx = torch.randn(3, 4, 8), torch.randn(3, 5, 6)
+    keep = torch.ones(3, 5, dtype=torch.bool); keep[2] = False   # sample 2's context is entirely missing
+    for need in (False, True):
+        att.zero_grad()
+        out = att(x, ctx, mask=keep, need_weights=need).output
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out[2], att.out_proj.bias.expand(4, 8))   # nothing but the output bias
+        out.square().sum().backward()
+        assert all(torch.isfinite(p.grad).all() for p in att.parameters())
+
+
+def test_cross_attention_errors():
+    att = MultiHeadCrossAttention(8, 2, kv_dim=6)
+    with pytest.raises(ValueError, match="not divisible"):
+        MultiHeadCrossAttention(9, 2)
+    with pytest.raises(ValueError, match=r"query must be \(B, Lq, 8\), got \(2, 3, 6\)"):
+        att(torch.randn(2, 3, 6), torch.randn(2, 4, 6))
+    with pytest.raises(ValueError, match=r"context must be \(2, Lk, 6\)"):
+        att(torch.randn(2, 3, 8), torch.randn(2, 4, 8))
+    with pytest.raises(ValueError, match="key mask"):
+        att(torch.randn(2, 3, 8), torch.randn(2, 4, 6), mask=torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="sizes differ"):
+        load_torch_mha(att, nn.MultiheadAttention(8, 4, kdim=6, vdim=6))
+
+
+def test_co_attention_batch_of_one_and_mask_invariance():
+    torch.manual_seed(0)
+    co = CoAttentionBlock(8, 12, num_heads=2).eval()
+    a, b = torch.randn(1, 3, 8), torch.randn(1, 4, 12)
+    ma = torch.tensor([[True, True, False]])
+    out = co(a, b, mask_a=ma, need_weights=True)
+    assert out.a.shape == (1, 3, 8) and out.b.shape == (1, 4, 12)
+    assert out.weights_b_to_a[..., 2].abs().sum() == 0
+    a2 = a.clone(); a2[0, 2] = 50.0
+    torch.testing.assert_close(co(a2, b, mask_a=ma).b, out.b)     # b never sees a's missing position

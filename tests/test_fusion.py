@@ -1,0 +1,172 @@
+"Tests of mmlab.fusion and mmlab.evaluate: every strategy's forward/backward, mask invariance, batch of one, errors."
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from mmlab.fusion import (STRATEGIES, AudioEncoder, FeatureEncoder, FusionModule, ImageEncoder, LowRankTensorFusion,
+                          MultimodalClassifier, TextEncoder, build_classifier, check_mask_invariance, make_fusion,
+                          mel_filterbank, modality_dropout)
+from mmlab.evaluate import ablation, evaluate_model, robustness, shapley_contributions
+from mmlab.train import BatchDataset
+
+torch.set_num_threads(1)
+DIMS = {"vision": 6, "audio": 4, "text": 5}
+
+
+def _inputs(B, dims=DIMS, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {m: torch.randn(B, d, generator=g) for m, d in dims.items()}
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_forward_backward_reaches_every_parameter(name):
+    torch.manual_seed(0)
+    model = make_fusion(name, DIMS, 3, hidden=16)
+    out = model(_inputs(4), {"audio": torch.tensor([True, False, True, False])})
+    assert out.logits.shape == (4, 3) and torch.isfinite(out.logits).all()
+    out.logits.square().sum().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_masked_modality_cannot_change_output(name):
+    torch.manual_seed(1)
+    model = make_fusion(name, DIMS, 3, hidden=16).eval()
+    for seed in range(3): assert check_mask_invariance(model, seed=seed), seed
+    # only one modality present: the others' values are irrelevant
+    x = _inputs(3); mask = {"vision": torch.ones(3, dtype=torch.bool), "audio": torch.zeros(3, dtype=torch.bool),
+                            "text": torch.zeros(3, dtype=torch.bool)}
+    y = dict(x, audio=1e4 * torch.ones(3, 4), text=-1e4 * torch.ones(3, 5))
+    with torch.no_grad(): torch.testing.assert_close(model(x, mask).logits, model(y, mask).logits)
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_batch_of_one_and_two_modality_subset(name):
+    torch.manual_seed(0)
+    model = make_fusion(name, {"audio": 4, "sensor": 3}, 2, hidden=8).eval()
+    out = model({"audio": torch.randn(1, 4), "sensor": torch.randn(1, 3)})
+    assert out.logits.shape == (1, 2)
+    # a batch of one gives the same answer as the same row inside a larger batch
+    xb = {"audio": torch.randn(5, 4), "sensor": torch.randn(5, 3)}
+    with torch.no_grad():
+        torch.testing.assert_close(model({m: v[2:3] for m, v in xb.items()}).logits, model(xb).logits[2:3], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_errors_name_what_was_wrong(name):
+    model = make_fusion(name, DIMS, 3)
+    x = _inputs(2)
+    with pytest.raises(KeyError, match="expects inputs for modalities"):
+        model({"vision": x["vision"], "audio": x["audio"]})
+    with pytest.raises(ValueError, match=r"modality 'audio': expected shape \(B=2, 4\), got \(2, 7\)"):
+        model(dict(x, audio=torch.randn(2, 7)))
+    with pytest.raises(ValueError, match="mask of 'text'"):
+        model(x, {"text": torch.ones(3, dtype=torch.bool)})
+    with pytest.raises(KeyError, match="unknown modalities"):
+        model(x, {"video": torch.ones(2, dtype=torch.bool)})
+    with pytest.raises(ValueError, match="2 or more"):
+        make_fusion(name, {"vision": 3}, 3)
+
+
+def test_unknown_strategy_lists_the_valid_ones():
+    with pytest.raises(KeyError, match="valid strategies: early, weighted, late, attention, transformer, cross_modal, tensor, low_rank, gated"):
+        make_fusion("concat", DIMS, 3)
+
+
+@settings(max_examples=15, deadline=None)
+@given(B=st.integers(1, 40), M=st.integers(2, 5), p=st.floats(0.0, 0.95), seed=st.integers(0, 1000))
+def test_modality_dropout_keeps_a_subset_with_one_present(B, M, p, seed):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(B, M, generator=g) > 0.3
+    mask[:, 0] |= ~mask.any(1)
+    out = modality_dropout(mask, p, g)
+    assert (out <= mask).all() and out.any(1).all()
+
+
+def test_modality_dropout_only_in_training():
+    torch.manual_seed(0)
+    model = make_fusion("early", DIMS, 3, modality_dropout=0.5, dropout=0.0)
+    x = _inputs(8)
+    model.eval(); a = model(x).logits; b = model(x).logits
+    torch.testing.assert_close(a, b)
+    model.train(); outs = [model(x).logits for _ in range(5)]
+    assert any(not torch.allclose(outs[0], o) for o in outs[1:])
+
+
+def test_low_rank_factors_are_trainable_parameters():
+    lmf = LowRankTensorFusion(DIMS, 3, rank=4)
+    names = {n for n, _ in lmf.named_parameters()}
+    assert {f"factors.{m}" for m in DIMS} <= names
+    assert lmf.factors["vision"].shape == (4, 7, 64)
+
+
+def test_tensor_fusion_represents_a_product_that_late_fusion_cannot():
+    "XOR of two binary modalities: tensor fusion fits it, late fusion (additive logits) cannot."
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randint(0, 2, (256,), generator=g), torch.randint(0, 2, (256,), generator=g)
+    x = {"a": torch.nn.functional.one_hot(a, 2).float(), "b": torch.nn.functional.one_hot(b, 2).float()}
+    y = a ^ b
+    acc = {}
+    for name in ("tensor", "late"):
+        torch.manual_seed(0)
+        model = make_fusion(name, {"a": 2, "b": 2}, 2, hidden=16, dropout=0.0)
+        opt = torch.optim.Adam(model.parameters(), lr=0.05)
+        for _ in range(150):
+            opt.zero_grad(); torch.nn.functional.cross_entropy(model(x).logits, y).backward(); opt.step()
+        acc[name] = (model(x).logits.argmax(-1) == y).float().mean().item()
+    assert acc["tensor"] == 1.0 and acc["late"] <= 0.76, acc
+
+
+def test_mel_filterbank_shape_and_peaks():
+    fb = mel_filterbank(8000, 256, 32)
+    assert fb.shape == (129, 32) and (fb >= 0).all() and fb.max() <= 1.0
+    peaks = fb.argmax(0)
+    assert (peaks[1:] >= peaks[:-1]).all()            # filters ordered by frequency
+
+
+def test_encoders_and_composed_model_round_trip():
+    torch.manual_seed(0)
+    encs = {"vision": ImageEncoder(1, 16), "audio": AudioEncoder(8000, 16), "text": TextEncoder(30, 16)}
+    model = MultimodalClassifier(encs, "gated", 10).eval()
+    batch = {"inputs": {"vision": torch.rand(3, 1, 28, 28), "audio": torch.randn(3, 2000), "text": torch.randint(1, 30, (3, 2))},
+             "mask": {"vision": torch.tensor([True, False, True]), "audio": torch.ones(3, dtype=torch.bool),
+                      "text": torch.ones(3, dtype=torch.bool)},
+             "pad_mask": {}, "labels": {"label": torch.tensor([1, 2, 3])}}
+    out = model(**batch)
+    assert out.logits.shape == (3, 10) and abs(out.loss.item() - math.log(10)) < 1.0
+    again = build_classifier(model.config_dict()).eval(); again.load_state_dict(model.state_dict())
+    torch.testing.assert_close(again(**batch).logits, out.logits)
+    with pytest.raises(ValueError, match=r"vision: expected \(B, 1, H, W\)"):
+        model(**dict(batch, inputs=dict(batch["inputs"], vision=torch.rand(3, 3, 28, 28))))
+    with pytest.raises(KeyError, match="the batch lacks modalities"):
+        model(inputs={"vision": batch["inputs"]["vision"]})
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        encs["text"](torch.tensor([[31]]))
+
+
+def _feature_data(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    a = torch.nn.functional.one_hot(y, 3).float() * 3 + 0.5 * torch.randn(n, 3, generator=g)
+    ones = torch.ones(n, dtype=torch.bool)
+    return BatchDataset({"inputs": {"a": a, "b": torch.randn(n, 2, generator=g)}, "mask": {"a": ones, "b": ones.clone()},
+                         "pad_mask": {}, "labels": {"label": y}})
+
+
+def test_ablation_uses_the_mask_and_shapley_sums_up():
+    torch.manual_seed(0)
+    model = MultimodalClassifier({"a": FeatureEncoder(3), "b": FeatureEncoder(2)}, "early", 3, dropout=0.0)
+    data = _feature_data(300, 0)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(60):
+        opt.zero_grad(); model(**data.batch).loss.backward(); opt.step()
+    abl = ablation(model, data)
+    assert set(abl) == {("a",), ("b",), ("a", "b")} and abl[("a", "b")] > 0.9
+    phi = shapley_contributions(abl, 3)
+    assert math.isclose(sum(phi.values()), abl[("a", "b")] - 1 / 3, abs_tol=1e-9) and phi["a"] > phi["b"]
+    rob = robustness(model, data)
+    assert rob["-b"] == abl[("a",)] and rob["all"] == abl[("a", "b")]
+    rep = evaluate_model(model, data)
+    assert rep.confusion.sum() == 300 and 0 <= rep.macro_f1 <= 1 and rep.params == sum(p.numel() for p in model.parameters())
