@@ -28,7 +28,7 @@ lab: setup
 	$(BIN)/jupyter lab --notebook-dir=. nbs/index.ipynb $(LAB_ARGS)
 
 test: setup
-	$(TEST_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile --nbval-lax tests nbs
+	$(TEST_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 --nbval-lax tests nbs
 
 clean:
 	rm -rf $(VENV) .cache

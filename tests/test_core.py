@@ -216,10 +216,8 @@ def test_interrupted_build_leaves_nothing_half_written(lab, monkeypatch):
 
 def test_cli_doctor_reports_cpu_and_offline(lab):
     env = dict(os.environ, MMLAB_OFFLINE="true")
-    r = subprocess.run([sys.executable, "-m", "mmlab.core", "doctor"], capture_output=True, text=True, env=env)
-    if r.returncode != 0 or not r.stdout:      # the module is not runnable with -m: call the entry point
-        r = subprocess.run([sys.executable, "-c", "import sys; from mmlab.core import main; sys.exit(main(['doctor']))"],
-                           capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-c", "import sys; from mmlab.core import main; sys.exit(main(['doctor']))"],
+                       capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     lines = dict(l.split(None, 1) for l in r.stdout.splitlines() if l.strip() and len(l.split(None, 1)) == 2)
     assert lines["device"].strip() == ("cuda" if torch.cuda.is_available() else "cpu")
