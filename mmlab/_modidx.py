@@ -494,7 +494,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               'mmlab.fusion.check_mask_invariance': ('fusion.html#check_mask_invariance', 'mmlab/fusion.py'),
                               'mmlab.fusion.make_encoder': ('fusion.html#make_encoder', 'mmlab/fusion.py'),
                               'mmlab.fusion.make_fusion': ('fusion.html#make_fusion', 'mmlab/fusion.py'),
-                              'mmlab.fusion.mel_filterbank': ('fusion.html#mel_filterbank', 'mmlab/fusion.py'),
                               'mmlab.fusion.modality_dropout': ('fusion.html#modality_dropout', 'mmlab/fusion.py')},
             'mmlab.grade': { 'mmlab.grade.Exercise': ('grading.html#exercise', 'mmlab/grade.py'),
                              'mmlab.grade.Exercise.max_score': ('grading.html#exercise.max_score', 'mmlab/grade.py'),

@@ -5,9 +5,10 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from mmlab.fusion import (STRATEGIES, AudioEncoder, FeatureEncoder, FusionModule, ImageEncoder, LowRankTensorFusion,
+from mmlab.data.preprocess import log_mel_spectrogram
+from mmlab.fusion import (STRATEGIES, AudioEncoder, FeatureEncoder, FusionModule, ImageEncoder, LogMel, LowRankTensorFusion,
                           MultimodalClassifier, TextEncoder, build_classifier, check_mask_invariance, make_fusion,
-                          mel_filterbank, modality_dropout)
+                          modality_dropout)
 from mmlab.evaluate import ablation, evaluate_model, robustness, shapley_contributions
 from mmlab.train import BatchDataset
 
@@ -119,11 +120,12 @@ def test_tensor_fusion_represents_a_product_that_late_fusion_cannot():
     assert acc["tensor"] == 1.0 and acc["late"] <= 0.76, acc
 
 
-def test_mel_filterbank_shape_and_peaks():
-    fb = mel_filterbank(8000, 256, 32)
-    assert fb.shape == (129, 32) and (fb >= 0).all() and fb.max() <= 1.0
-    peaks = fb.argmax(0)
-    assert (peaks[1:] >= peaks[:-1]).all()            # filters ordered by frequency
+def test_log_mel_front_end_matches_the_data_chapter():
+    wav = torch.randn(3, 2000)
+    ln = LogMel(8000, 256, 128, 32)(wav)
+    db = log_mel_spectrogram(wav, 8000, 256, 128, 32, amin=1e-6, top_db=None)
+    assert ln.shape == (3, 32, 16)
+    torch.testing.assert_close(ln, db * math.log(10) / 10)
 
 
 def test_encoders_and_composed_model_round_trip():
