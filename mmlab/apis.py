@@ -528,6 +528,12 @@ class ChatClient:
         self.cache = None if not cache else ResponseCache(None if cache is True else cache)
         self._rng, self._sdk_client, self._lock = random.Random(seed), None, threading.Lock()
 
+    def _sdk(self):
+        "The provider SDK's client, built on first use (once, under the lock) by `_make_sdk`."
+        with self._lock:
+            if self._sdk_client is None: self._sdk_client = self._make_sdk()
+            return self._sdk_client
+
     @property
     def _secrets(self): return [self._key] if self._key else []
 
@@ -668,12 +674,9 @@ class OpenAIClient(ChatClient):
     "OpenAI chat completions through the official `openai` SDK."
     provider, sdk, default_base_url = "openai", "openai", "https://api.openai.com/v1"
 
-    def _sdk(self):
-        with self._lock:
-            if self._sdk_client is None:
-                import openai
-                self._sdk_client = openai.OpenAI(api_key=self._key.reveal(), base_url=self.base_url, max_retries=0, timeout=self.timeout)
-            return self._sdk_client
+    def _make_sdk(self):
+        import openai
+        return openai.OpenAI(api_key=self._key.reveal(), base_url=self.base_url, max_retries=0, timeout=self.timeout)
 
     def _send(self, req, stream, emit):
         kw = openai_request(req)
@@ -703,12 +706,9 @@ class AnthropicClient(ChatClient):
     provider, sdk, default_base_url = "anthropic", "anthropic", "https://api.anthropic.com"
     max_image_bytes, max_image_side = 5 * 2**20, 8000
 
-    def _sdk(self):
-        with self._lock:
-            if self._sdk_client is None:
-                import anthropic
-                self._sdk_client = anthropic.Anthropic(api_key=self._key.reveal(), base_url=self.base_url, max_retries=0, timeout=self.timeout)
-            return self._sdk_client
+    def _make_sdk(self):
+        import anthropic
+        return anthropic.Anthropic(api_key=self._key.reveal(), base_url=self.base_url, max_retries=0, timeout=self.timeout)
 
     def _send(self, req, stream, emit):
         import inspect
@@ -769,13 +769,10 @@ class GeminiClient(ChatClient):
     "Gemini through the current `google-genai` SDK."
     provider, sdk, default_base_url = "gemini", "google-genai", "https://generativelanguage.googleapis.com"
 
-    def _sdk(self):
-        with self._lock:
-            if self._sdk_client is None:
-                from google import genai
-                self._sdk_client = genai.Client(api_key=self._key.reveal(), http_options={
-                    "base_url": self.base_url + "/", "timeout": int(self.timeout * 1000), "retry_options": {"attempts": 1}})
-            return self._sdk_client
+    def _make_sdk(self):
+        from google import genai
+        return genai.Client(api_key=self._key.reveal(), http_options={
+            "base_url": self.base_url + "/", "timeout": int(self.timeout * 1000), "retry_options": {"attempts": 1}})
 
     def _send(self, req, stream, emit):
         kw = {"model": req.model, "contents": gemini_contents(req), "config": gemini_config(req) or None}
@@ -797,19 +794,17 @@ class LegacyGeminiClient(ChatClient):
     "Gemini through the legacy `google-generativeai` SDK (support ended 2025-11-30), REST transport."
     provider, sdk, default_base_url = "gemini", "google-generativeai", "https://generativelanguage.googleapis.com"
 
-    def _sdk(self):
-        with self._lock:
-            if self._sdk_client is None:
-                from google.api_core.client_options import ClientOptions
-                _, glm = _import_legacy_gemini()
-                # a client of our own, not genai.configure(): that would put the key in the SDK's global state
-                self._sdk_client = glm.GenerativeServiceClient(transport="rest", client_options=ClientOptions(
-                    api_endpoint=self.base_url, api_key=self._key.reveal()))
-                # its HTTP session re-sends a request twice on 401 to refresh OAuth credentials; an API key
-                # has none to refresh, so a wrong key should fail at once
-                session = getattr(getattr(self._sdk_client, "_transport", None), "_session", None)
-                if hasattr(session, "_refresh_status_codes"): session._refresh_status_codes = ()
-            return self._sdk_client
+    def _make_sdk(self):
+        from google.api_core.client_options import ClientOptions
+        _, glm = _import_legacy_gemini()
+        # a client of our own, not genai.configure(): that would put the key in the SDK's global state
+        client = glm.GenerativeServiceClient(transport="rest", client_options=ClientOptions(
+            api_endpoint=self.base_url, api_key=self._key.reveal()))
+        # its HTTP session re-sends a request twice on 401 to refresh OAuth credentials; an API key
+        # has none to refresh, so a wrong key should fail at once
+        session = getattr(getattr(client, "_transport", None), "_session", None)
+        if hasattr(session, "_refresh_status_codes"): session._refresh_status_codes = ()
+        return client
 
     def _send(self, req, stream, emit):
         legacy, _ = _import_legacy_gemini()
