@@ -8,6 +8,7 @@ BIN    := $(VENV)/bin
 # serves one (and the CUDA build on a GPU machine), and the package's `torch>=2.4` keeps it.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.mmlab-installed
+TEST_STAMP := $(VENV)/.mmlab-test-installed
 # Tests and notebooks never touch the network; two pytest workers share the cores, one thread each.
 TEST_ENV := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MMLAB_OFFLINE=true MPLBACKEND=Agg PYTHONHASHSEED=0
 
@@ -24,10 +25,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mmlab)" >/dev/null
 	touch $(STAMP)
 
+# The parity references and instructor tools of the `test` extra, on top of the course environment.
+$(TEST_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[course,test]"
+	touch $(TEST_STAMP)
+
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=. nbs/index.ipynb $(LAB_ARGS)
 
-test: setup
+test: $(TEST_STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 --nbval-lax tests nbs
 
 clean:
