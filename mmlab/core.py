@@ -29,8 +29,9 @@ __all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'C
            'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'COMMANDS', 'SettingsError', 'Settings', 'find_settings_file',
            'settings', 'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
            'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config', 'tiny_vit_config',
-           'tiny_gpt2_config', 'register_tiny_tokenizer', 'tiny_checkpoint', 'load_pretrained', 'tiny_tokenizer_dir',
-           'load_tokenizer', 'register_tiny_processor', 'load_processor', 'doctor', 'main', 'doctor_main']
+           'tiny_gpt2_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir', 'tiny_checkpoint',
+           'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor', 'load_processor',
+           'doctor', 'main', 'doctor_main']
 
 # %% ../nbs/00_setup.ipynb #d18199b9
 class SettingsError(ValueError):
@@ -335,13 +336,29 @@ def _tiny_bytebpe_tokenizer(d:Path):
     PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                             pad_token="<|endoftext|>", unk_token="<|endoftext|>", model_max_length=128).save_pretrained(d)
 
-# %% ../nbs/00_setup.ipynb #6ef335b0
-def _tiny_dir(name:str, kind:str)->Path:
-    safe = name.strip("/").replace("/", "--")
-    return settings().cache_dir / "tiny" / safe / kind
+# %% ../nbs/00_setup.ipynb #1d6b7657
+def atomic_write(path:str|Path, # the file to write (its directory is created)
+                 data:str|bytes|Callable[[Path], None] # the content, or a function that writes to the path it is given
+                )->Path:
+    "Write `path` so that it holds the old content or the new, never a part: a temporary file, then `os.replace`."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd); tmp = Path(tmp)
+    try:
+        if isinstance(data, str): tmp.write_text(data)
+        elif isinstance(data, (bytes, bytearray)): tmp.write_bytes(data)
+        elif callable(data): data(tmp)
+        else: raise TypeError(f"atomic_write: data must be str, bytes or a function of a path, got {type(data).__name__}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
-def _write_atomically(target:Path, write:Callable[[Path], None]):
-    "Call `write(tmp_dir)`, then move the finished directory to `target`."
+def atomic_dir(target:str|Path, # the directory to create; kept as it is when it already exists
+               write:Callable[[Path], None] # fills the temporary directory it is given
+              )->Path:
+    "Build a directory once: `write(tmp_dir)`, then rename it to `target` (a concurrent builder's copy wins)."
+    target = Path(target)
     if target.exists(): return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
@@ -353,6 +370,11 @@ def _write_atomically(target:Path, write:Callable[[Path], None]):
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+# %% ../nbs/00_setup.ipynb #6ef335b0
+def _tiny_dir(name:str, kind:str)->Path:
+    safe = name.strip("/").replace("/", "--")
+    return settings().cache_dir / "tiny" / safe / kind
 
 def _model_type(model_cls, name:str)->str:
     if name in CHECKPOINTS: return CHECKPOINTS[name]["model_type"]
@@ -392,7 +414,7 @@ def tiny_checkpoint(model_cls, # a transformers model class, e.g. CLIPModel
             # Auto classes build through from_config; concrete classes take the config directly
             model = model_cls.from_config(cfg) if hasattr(model_cls, "_model_mapping") else model_cls(cfg)
         model.save_pretrained(d, safe_serialization=True)
-    return _write_atomically(_tiny_dir(name, model_cls.__name__), write)
+    return atomic_dir(_tiny_dir(name, model_cls.__name__), write)
 
 def load_pretrained(model_cls, # a transformers model class, e.g. CLIPModel
                     name:str, # a Hub checkpoint name or a local directory
@@ -423,7 +445,7 @@ def _tokenizer_family(name:str)->str:
 def tiny_tokenizer_dir(name:str)->Path:
     "Train (once) and save the tiny tokenizer standing in for `name`; return its directory."
     fam = _tokenizer_family(name)
-    return _write_atomically(_tiny_dir(name, f"tokenizer-{fam}"), TINY_TOKENIZERS[fam])
+    return atomic_dir(_tiny_dir(name, f"tokenizer-{fam}"), TINY_TOKENIZERS[fam])
 
 def load_tokenizer(name:str, # a Hub checkpoint name or a local directory
                    verbose:bool=True, # print the one line saying which tokenizer was loaded
@@ -481,7 +503,7 @@ def load_processor(name:str, # a Hub checkpoint name or a local directory
                            f"{', '.join(sorted(TINY_PROCESSORS))}")
         tok_dir = tiny_tokenizer_dir(name)
         write = lambda d: TINY_PROCESSORS[mt](AutoTokenizer.from_pretrained(tok_dir)).save_pretrained(d)
-        d = _write_atomically(_tiny_dir(name, "processor"), write)
+        d = atomic_dir(_tiny_dir(name, "processor"), write)
         proc, msg = AutoProcessor.from_pretrained(d, **kwargs), f"{name} processor is not available offline; loaded a tiny one from {d}"
     _say(verbose, msg)
     return proc
