@@ -698,3 +698,230 @@ def test_torch_index_on_cuda_matches_the_cpu():
     assert search_recall(i2, i1) > 0.999 and np.allclose(s1, s2, atol=1e-4)
     gpu.remove(i1[:, 0])
     assert not np.isin(i1[:, 0], gpu.search(q, 10)[1]).any()
+
+
+# ---------------------------------------------------------------------------------------------- exact messages
+# Every refusal, word for word: the message is the interface a user reads, so a changed name, a lost value or a
+# truncated list is a change to catch.
+
+def index_of(n=2, kind="flat", backend="torch", **opts):
+    idx = VectorIndex(2, kind, backend, **opts); idx.add(unit(n, 2, 11)); return idx
+
+
+def engine_with(model):
+    eng = MultimodalSearchEngine(model, backend="torch"); eng.add("text", ["ab", "cd"]); return eng
+
+
+class NaNImages(Words):
+    def encode_image(self, xs): return torch.full((len(xs), 26), math.nan)
+
+
+MESSAGES = [
+    (lambda: recall_at_k(torch.zeros(7, 3), torch.zeros(7, 3, dtype=torch.bool)), ValueError,
+     "positives: 7 quer(ies) have no positive item, e.g. rows [0, 1, 2, 3, 4]"),
+    (lambda: recall_at_k(torch.eye(5), 2.0 * torch.arange(5).expand(5, 5)), ValueError,
+     "positives must be boolean (or 0/1); got values such as [2.0, 4.0, 6.0]"),
+    (lambda: recall_at_k(torch.full((2, 2), math.nan), torch.eye(2)), ValueError,
+     "similarity holds 4 NaN score(s), e.g. at (0, 0); a NaN has no rank (check the embeddings for NaN)"),
+    (lambda: recall_at_k(torch.eye(2), [[1, 0], [0, "x"]]), TypeError,
+     "positives: expected a tensor or an array of numbers, got list (new(): invalid data type 'str')"),
+    (lambda: recall_at_k(torch.ones(2, 2), torch.eye(2), ks="ab"), ValueError, "ks must be positive integers; got ['a', 'b']"),
+    (lambda: image_text_retrieval(torch.zeros(0, 3), torch.zeros(0, 3), []), ValueError, "similarity has no queries: shape (0, 0)"),
+    (lambda: image_text_retrieval(torch.eye(2), torch.eye(2), torch.tensor([True, False])), ValueError,
+     "text_to_image must hold one integer image index per caption: 2 captions, got torch.bool of shape (2,)"),
+    (lambda: image_text_retrieval(torch.eye(2), torch.tensor([[1.0, 0], [math.nan, 1]]), [0, 1]), ValueError,
+     "text_embeds holds 1 NaN score(s), e.g. at (1, 0); a NaN has no rank (check the embeddings for NaN)"),
+    (lambda: image_text_retrieval(torch.tensor([[math.nan, 1.0]]), torch.eye(2), [0, 0]), ValueError,
+     "image_embeds holds 1 NaN score(s), e.g. at (0, 0); a NaN has no rank (check the embeddings for NaN)"),
+    (lambda: image_text_retrieval(torch.eye(2), torch.eye(2), "ab"), TypeError,
+     "text_to_image: expected a tensor or an array of numbers, got str (new(): invalid data type 'str')"),
+    (lambda: image_text_retrieval(torch.randn(8, 2), torch.randn(2, 2), [0, 1]), ValueError,
+     "text_to_image: image(s) [2, 3, 4, 5, 6] have no caption; every image needs one"),
+    (lambda: index_of().add(torch.full((7, 2), math.nan)), ValueError, "vectors: 7 vector(s) hold NaN or inf, e.g. rows [0, 1, 2, 3, 4]"),
+    (lambda: index_of().add(torch.tensor([[0.0, 1], [1, 1], [2, 1], [math.inf, 1]])), ValueError, "vectors: 1 vector(s) hold NaN or inf, e.g. rows [3]"),
+    (lambda: index_of().search(torch.ones(3)), ValueError, "queries: expected vectors of shape (n, 2), got (1, 3)"),
+    (lambda: index_of().add(np.ones((7, 2)), -np.arange(1, 8)), ValueError,
+     "ids must be non-negative (faiss keeps -1 for 'no item'); got [-1, -2, -3, -4, -5]"),
+    (lambda: index_of().add(np.ones((2, 2)), [5, -1]), ValueError, "ids must be non-negative (faiss keeps -1 for 'no item'); got [-1]"),
+    (lambda: index_of(10).add(np.ones((7, 2)), np.arange(7)), ValueError,
+     "add: ids must be new and distinct; already present or repeated: [0, 1, 2, 3, 4]"),
+    (lambda: index_of().add(np.ones((1, 2)), np.array([2 ** 63], dtype=np.uint64)), ValueError, "ids: ids must fit in int64; got 9223372036854775808"),
+    (lambda: index_of().add(np.ones((2, 2)), [[1], [1, 2]]), TypeError, "ids: expected integer ids (setting an array element with a sequence."),
+    (lambda: index_of().add(np.ones((1, 2)), ["a"]), TypeError, "ids: expected integer ids, got dtype <U1 (e.g. np.str_('a'))"),
+    (lambda: index_of().remove(list(range(100, 112))), UnknownIdError,
+     "remove: unknown id(s) [100, 101, 102, 103, 104, 105, 106, 107, 108, 109] (the index holds 2 items)"),
+    (lambda: VectorIndex(2, backend="torch").search(torch.ones(2)), ValueError, "search: the index is empty; add vectors first"),
+    (lambda: index_of().search(torch.ones(2), k=0), ValueError, "k must be a positive integer; got 0"),
+    (lambda: VectorIndex(True, backend="torch"), ValueError, "dim must be a positive integer; got True"),
+    (lambda: clustered_embeddings(0, 2), ValueError, "n must be a positive integer; got 0"),
+    (lambda: clustered_embeddings(2, 0), ValueError, "dim must be a positive integer; got 0"),
+    (lambda: clustered_embeddings(2, 2, clusters=0), ValueError, "clusters must be a positive integer; got 0"),
+    (lambda: clustered_embeddings(2, 2, spread="1"), ValueError, "spread must be a finite number >= 0; got '1'"),
+    (lambda: search_recall([[1]], [[-1]]), ValueError, "exact: every query needs at least one id (>= 0)"),
+    (lambda: search_recall([[1, 2]], [[1]]), ValueError, "found and exact must both be (Q, k) with k >= 1; got (1, 2) and (1, 1)"),
+    (lambda: search_recall(np.zeros((2, 0)), np.zeros((2, 0))), ValueError, "found and exact must both be (Q, k) with k >= 1; got (2, 0) and (2, 0)"),
+    (lambda: VectorIndex.load("/nonexistent/x"), FileNotFoundError, "no saved VectorIndex in /nonexistent/x (meta.json is missing)"),
+    (lambda: MultimodalSearchEngine.load("/nonexistent/x", Words()), FileNotFoundError,
+     "no saved MultimodalSearchEngine in /nonexistent/x (engine.json is missing)"),
+    (lambda: MultimodalSearchEngine(Words()).add("text", 5), TypeError, "items: expected a list, got int"),
+    (lambda: MultimodalSearchEngine(Words()).add("text", ["a"], payloads=3), TypeError, "payloads: expected a list, got int"),
+    (lambda: MultimodalSearchEngine(Words()).add("text", ["a"], payloads="ab"), TypeError, "payloads: expected a list, got a single str (wrap it in a list)"),
+    (lambda: engine_with(Words()).search(5, "text", "text"), TypeError, "queries: expected a list, got int"),
+    (lambda: engine_with(Words()).search(["a"], "text", "text", k=-1), ValueError, "k must be a positive integer; got -1"),
+    (lambda: engine_with(Words()).search(["a"], "text", "image"), ValueError, "search: the image index is empty; add image items first (indexed: ['text'])"),
+    (lambda: engine_with(Words()).search(["a"], 3, "text"), ValueError, "a modality is a name such as 'image' or 'text'; got 3"),
+    (lambda: engine_with(Words()).get("text", 9), UnknownIdError, "unknown text id 9 (2 text items indexed)"),
+    (lambda: engine_with(Words()).get("image", 0), UnknownIdError, "unknown image id 0 (0 image items indexed)"),
+    (lambda: engine_with(Words()).get("text", True), TypeError, "id must be an integer; got True"),
+    (lambda: engine_with(Words()).remove("image", [0]), UnknownIdError, "remove: nothing of modality 'image' is indexed (indexed: ['text'])"),
+    (lambda: engine_with(Words()).remove("text", [7]), UnknownIdError, "remove: unknown id(s) [7] (the index holds 2 items)"),
+    (lambda: engine_with(NaNImages()).add("image", list("abcdefg")), ValueError, "encode_image returned NaN or inf for 7 item(s), e.g. [0, 1, 2, 3, 4]"),
+    (lambda: engine_with(Words()).add("text", ["a", "b"], payloads=[1]), ValueError, "add: 2 text items but 1 payloads"),
+    (lambda: engine_with(Words()).add("text", []), ValueError, "add: no text items given"),
+    (lambda: engine_with(Words()).add("text", ["x"], ids=[0]), ValueError, "add: ids must be new and distinct; already present or repeated: [0]"),
+]
+
+
+@pytest.mark.parametrize("n", range(len(MESSAGES)))
+def test_exact_messages(n):
+    call, exc, message = MESSAGES[n]
+    with pytest.raises(exc) as e: call()
+    assert type(e.value) is exc and (str(e.value) == message or (message.endswith(".") and str(e.value).startswith(message))), str(e.value)
+
+
+@needs_faiss
+def test_exact_messages_of_the_faiss_indexes():
+    with pytest.raises(ValueError) as e: VectorIndex(2, "ivf", nlist=8).add(np.ones((7, 2)))
+    assert str(e.value) == ("add: an IVF index with nlist=8 learns its cells from the first batch, which needs at least 8 vectors; "
+                            "got 7 (add a larger first batch or lower nlist)")
+    h = index_of(10, "hnsw", "faiss"); h.remove(np.arange(7))
+    with pytest.raises(ValueError) as e: h.add(np.ones((7, 2)), np.arange(7))
+    assert str(e.value) == "add: id(s) [0, 1, 2, 3, 4] were removed from this HNSW index and stay in its graph; use new ids or rebuild the index"
+    for opts, message in [(dict(nlist=0), "nlist must be a positive integer; got 0"), (dict(nprobe=0), "nprobe must be a positive integer; got 0")]:
+        with pytest.raises(ValueError) as e: VectorIndex(2, "ivf", **opts)
+        assert str(e.value) == message
+    for opts, message in [(dict(m=0), "m must be a positive integer; got 0"), (dict(ef_construction=0), "ef_construction must be a positive integer; got 0"),
+                          (dict(ef_search=0), "ef_search must be a positive integer; got 0")]:
+        with pytest.raises(ValueError) as e: VectorIndex(2, "hnsw", **opts)
+        assert str(e.value) == message
+
+
+def test_reprs_name_the_class_its_options_and_size():
+    assert repr(index_of(3)) == "TorchIndex(dim=2, size=3)"
+    if faiss is not None:
+        assert repr(VectorIndex(3, "ivf", nlist=7, nprobe=2)) == "FaissIVFIndex(dim=3, nlist=7, nprobe=2, size=0)"
+        assert repr(VectorIndex(3, "hnsw", m=4)) == "FaissHNSWIndex(dim=3, m=4, ef_construction=40, ef_search=64, size=0)"
+        assert repr(VectorIndex(3)) == "FaissFlatIndex(dim=3, size=0)"
+
+
+# ---------------------------------------------------------------------------------------------- dtypes, devices, details
+
+def test_scores_keep_their_precision_and_booleans_are_scores():
+    sim64 = torch.tensor([[1.0, 1.0 + 1e-12]], dtype=torch.float64)            # distinct in float64, a tie in float32
+    assert first_positive_rank(sim64, torch.tensor([[False, True]])).tolist() == [1]
+    assert first_positive_rank(sim64.float(), torch.tensor([[False, True]])).tolist() == [2]   # the tie goes against it
+    sim_bool = torch.tensor([[True, False, True]])
+    assert first_positive_rank(sim_bool, torch.tensor([[False, False, True]])).tolist() == [2]
+    assert first_positive_rank(torch.tensor([[1, 3, 2]], dtype=torch.int64), torch.tensor([[0, 0, 1]])).tolist() == [2]
+    assert first_positive_rank(torch.tensor([[1, 3, 2]], dtype=torch.bfloat16), torch.tensor([[0, 0, 1]])).tolist() == [2]
+
+
+def test_image_text_retrieval_equals_the_report_of_the_cosine_matrix():
+    g = torch.Generator().manual_seed(3)
+    img, txt = torch.randn(12, 5, generator=g) * torch.rand(12, 1, generator=g) * 9, torch.randn(30, 5, generator=g) * 4
+    t2i = torch.arange(30) % 12
+    cos = F.cosine_similarity(img[:, None, :], txt[None, :, :], dim=-1)          # (12, 30)
+    pos = t2i[None, :] == torch.arange(12)[:, None]
+    rep = image_text_retrieval(img, txt, t2i, ks=(2, 7))
+    assert rep["image_to_text"] == pytest.approx(retrieval_report(cos, pos, ks=(2, 7)))
+    assert rep["text_to_image"] == pytest.approx(retrieval_report(cos.T, pos.T, ks=(2, 7)))
+    assert set(rep["text_to_image"]) == {"R@2", "R@7", "mAP", "medr", "meanr"}
+    assert image_text_retrieval(img.double(), txt, t2i.numpy(), ks=(2, 7)) == rep
+
+
+def test_vectors_far_beyond_float32_are_refused_without_a_warning():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="hold NaN or inf"): index_of().add(np.array([[1e300, 0.0]]))
+
+
+def test_ids_of_every_integer_kind():
+    idx = index_of(0)
+    assert idx.add(np.zeros((0, 2)), []).dtype == np.int64 and idx.add(np.zeros((0, 2))).dtype == np.int64
+    assert idx.add(np.ones((1, 2)), np.array([5], dtype=np.uint64)).tolist() == [5]
+    assert idx.add(np.ones((1, 2)), np.array([2 ** 63 - 1], dtype=np.uint64)).tolist() == [2 ** 63 - 1]
+    assert idx.add(np.ones((1, 2)), torch.tensor([7])).dtype == np.int64 and idx.remove(torch.tensor([7, 5])) == 2
+    assert idx.add(np.ones((1, 2)), 9).tolist() == [9] and idx.remove(np.int32(9)) == 1
+    assert idx.remove([]) == 0 and idx.ids.tolist() == [2 ** 63 - 1]
+
+
+def test_engine_payloads_ids_and_modalities():
+    eng = MultimodalSearchEngine(Words(), backend="torch")
+    assert eng.add("text", ["ab", "cd"], payloads=[{"k": [1, 2]}, None]) == [0, 1]
+    assert eng.add("text", ("ef",), ids=np.array([7])) == [7] and eng.get("text", 7) is None
+    assert eng.payloads == {"text": {0: {"k": [1, 2]}, 1: None, 7: None}}
+    assert eng.remove("text", np.array([0, 0])) == 1 and eng.payloads["text"] == {1: None, 7: None}
+    hits = eng.search(("cd", "ef"), "text", "text", k=1)
+    assert [[h["id"] for h in r] for r in hits] == [[1], [7]] and all(isinstance(h["score"], float) for r in hits for h in r)
+    e = eng.encode("text", ["abc", "zzz"])
+    assert e.dtype == np.float32 and np.allclose(np.linalg.norm(e, axis=1), 1) and e.shape == (2, 26)
+    assert abs(e[0] @ e[1]) < 1e-2                                             # no shared letters
+    assert eng.encode("text", ["abc"]).tolist() == eng.encode("text", ("abc",)).tolist()
+    assert repr(eng) == "MultimodalSearchEngine({'text': 2})"
+    assert eng.indexes["text"].backend == "torch" and eng.index_options == {}
+    wide = MultimodalSearchEngine(Words(), "ivf", "faiss", nlist=2, nprobe=2) if faiss is not None else None
+    if wide is not None:
+        wide.add("image", ["ab", "bc", "cd"])
+        assert type(wide.indexes["image"]) is FaissIVFIndex and wide.indexes["image"].options == {"nlist": 2, "nprobe": 2}
+
+
+def test_engine_round_trip_keeps_every_setting(tmp_path):
+    if faiss is None: pytest.skip("faiss not installed")
+    eng = MultimodalSearchEngine(Words(), "hnsw", "faiss", m=4, ef_search=7)
+    eng.add("text", ["ab", "cd", "ef"], payloads=[[1], {"x": "y"}, 3.5]); eng.add("image", ["gh"])
+    eng.remove("text", [1])
+    path = eng.save(tmp_path / "e")
+    assert path == tmp_path / "e" and sorted(p.name for p in path.iterdir()) == ["engine.json", "image", "text"]
+    meta = json.loads((path / "engine.json").read_text())
+    assert meta == {"format": 1, "modalities": ["image", "text"], "kind": "hnsw", "backend": "faiss", "index_options": {"m": 4, "ef_search": 7}}
+    assert json.loads((path / "text" / "payloads.json").read_text()) == [[0, [1]], [2, 3.5]]
+    again = MultimodalSearchEngine.load(path, Words())
+    assert again.payloads == eng.payloads and again.indexes["text"].options == {"m": 4, "ef_construction": 40, "ef_search": 7}
+    assert (again.kind, again.backend, again.index_options) == ("hnsw", "faiss", {"m": 4, "ef_search": 7})
+    assert again.search(["ab"], "text", "text", k=3) == eng.search(["ab"], "text", "text", k=3)
+    assert again.add("text", ["zz"]) == [3]                                   # ids continue after the removed one
+
+
+def test_index_save_returns_its_directory_and_writes_a_readable_meta(tmp_path):
+    idx = index_of(3); idx.remove([1])
+    path = idx.save(str(tmp_path / "a" / "b"))
+    assert path == tmp_path / "a" / "b" and sorted(p.name for p in path.iterdir()) == ["ids.npy", "meta.json", "vectors.npy"]
+    meta = json.loads((path / "meta.json").read_text())
+    assert {k: meta[k] for k in ("format", "index", "dim", "options", "size", "next_id")} == \
+        {"format": 1, "index": "TorchIndex", "dim": 2, "options": {}, "size": 2, "next_id": 3}
+    assert np.load(path / "ids.npy").tolist() == [0, 2] and np.load(path / "vectors.npy").shape == (2, 2)
+    again = VectorIndex.load(str(path))
+    assert again.add(np.ones((1, 2))).tolist() == [3]
+    assert idx.save(path) == path and VectorIndex.load(path).ids.tolist() == [0, 2]     # saving again replaces
+
+
+def test_clustered_embeddings_follow_their_parameters():
+    x = clustered_embeddings(3000, 256, clusters=3, spread=1.5, seed=1)
+    centres = clustered_embeddings(3000, 256, clusters=3, spread=0.0, seed=1)   # the same draws without the offsets
+    assert len(torch.unique(centres, dim=0)) == 3
+    cos = (x * centres).sum(1)                                                   # each item against its own centre
+    assert cos.mean().item() == pytest.approx(1 / math.sqrt(1 + 1.5 ** 2), abs=0.01)   # offset of norm 1.5, nearly orthogonal
+    assert (x @ x.T).mean().item() < 0.2 and not torch.equal(x, clustered_embeddings(3000, 256, clusters=3, spread=1.5, seed=2))
+    tight = clustered_embeddings(3000, 256, clusters=3, spread=0.5, seed=1)
+    assert (tight * centres).sum(1).mean().item() == pytest.approx(1 / math.sqrt(1 + 0.25), abs=0.01)
+    assert clustered_embeddings(5, 3, clusters=2, spread=1, seed=0).shape == (5, 3)
+
+
+def test_search_recall_counts_each_query_against_its_own_exact_ids():
+    assert search_recall([[1, 2, -1]], [[1, -1, -1]]) == 1.0                      # one exact id, found
+    assert search_recall([[-1, -1]], [[-1, 3]]) == 0.0                            # -1 never matches
+    assert search_recall([[4, 3], [9, 8]], [[3, 4], [8, -1]]) == pytest.approx((1.0 + 1.0) / 2)
+    assert search_recall([[4, 5], [9, 8]], [[3, 4], [7, 6]]) == pytest.approx((0.5 + 0.0) / 2)
+    assert search_recall(np.array([[1, 1]]), np.array([[1, 2]])) == 0.5         # a repeated hit counts once
+    assert isinstance(search_recall([[1]], [[1]]), float)
