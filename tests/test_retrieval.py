@@ -742,7 +742,7 @@ MESSAGES = [
     (lambda: index_of().search(torch.ones(3)), ValueError, "queries: expected vectors of shape (n, 2), got (1, 3)"),
     (lambda: index_of().add(np.ones((7, 2)), -np.arange(1, 8)), ValueError,
      "ids must be non-negative (faiss keeps -1 for 'no item'); got [-1, -2, -3, -4, -5]"),
-    (lambda: index_of().add(np.ones((2, 2)), [5, -1]), ValueError, "ids must be non-negative (faiss keeps -1 for 'no item'); got [-1]"),
+    (lambda: index_of().add(np.ones((2, 2)), [0, -1]), ValueError, "ids must be non-negative (faiss keeps -1 for 'no item'); got [-1]"),
     (lambda: index_of(10).add(np.ones((7, 2)), np.arange(7)), ValueError,
      "add: ids must be new and distinct; already present or repeated: [0, 1, 2, 3, 4]"),
     (lambda: index_of().add(np.ones((1, 2)), np.array([2 ** 63], dtype=np.uint64)), ValueError, "ids: ids must fit in int64; got 9223372036854775808"),
@@ -779,6 +779,9 @@ MESSAGES = [
     (lambda: engine_with(Words()).add("text", ["a", "b"], payloads=[1]), ValueError, "add: 2 text items but 1 payloads"),
     (lambda: engine_with(Words()).add("text", []), ValueError, "add: no text items given"),
     (lambda: engine_with(Words()).add("text", ["x"], ids=[0]), ValueError, "add: ids must be new and distinct; already present or repeated: [0]"),
+    (lambda: engine_with(Words()).encode("text", 5), TypeError, "items: expected a list, got int"),
+    (lambda: MultimodalSearchEngine(Words(), backend="gpu"), ValueError, "backend must be 'auto', 'faiss' or 'torch'; got 'gpu'"),
+    (lambda: search_recall([[1], [2]], [[1], [-1]]), ValueError, "exact: every query needs at least one id (>= 0)"),
 ]
 
 
@@ -925,3 +928,107 @@ def test_search_recall_counts_each_query_against_its_own_exact_ids():
     assert search_recall([[4, 5], [9, 8]], [[3, 4], [7, 6]]) == pytest.approx((0.5 + 0.0) / 2)
     assert search_recall(np.array([[1, 1]]), np.array([[1, 2]])) == 0.5         # a repeated hit counts once
     assert isinstance(search_recall([[1]], [[1]]), float)
+
+
+@needs_faiss
+def test_more_exact_messages_of_the_faiss_indexes(tmp_path):
+    with pytest.raises(TypeError) as e: VectorIndex(3, "flat", "faiss", nlist=3)
+    assert str(e.value) == "FaissFlatIndex (kind 'flat', backend 'faiss') takes the options none; got ['nlist']"
+    _, d = saved(tmp_path, "hnsw", "faiss")
+    ivf = VectorIndex(4, "ivf", **SMALL["ivf"]); ivf.add(unit(20, 4, 8), np.arange(20) * 2)
+    rewrite(d, "index.faiss", (ivf.save(tmp_path / "ivf") / "index.faiss").read_bytes())
+    with pytest.raises(ValueError) as e: VectorIndex.load(d)
+    assert str(e.value) == f"{d / 'index.faiss'}: expected a IndexIDMap2(IndexHNSWFlat) of width 4, got a IndexIVFFlat of width 4"
+    raw = (d / "index.faiss").read_bytes(); rewrite(d, "index.faiss", raw[:40])
+    with pytest.raises(ValueError) as e: VectorIndex.load(d)
+    reason = re.fullmatch(re.escape(f"{d / 'index.faiss'}: not a readable faiss index (") + r"(.+)\)", str(e.value)).group(1)
+    assert reason != "None" and ("read" in reason or "Error" in reason), reason
+
+
+def test_defaults_of_every_constructor_and_search():
+    idx = index_of(12)
+    assert idx.search(unit(3, 2, 1))[1].shape == (3, 10)
+    assert index_class() is index_class("flat", "auto") and index_class(backend="torch") is TorchIndex
+    assert torch.equal(clustered_embeddings(50, 4), clustered_embeddings(50, 4, clusters=200, spread=1.5, seed=0))
+    eng = MultimodalSearchEngine(Words(), backend="torch"); eng.add("text", list("abcdefgh"))
+    assert [len(r) for r in eng.search(["a", "b"], "text", "text")] == [5, 5]
+    if faiss is not None:
+        assert VectorIndex(4, "ivf").options == {"nlist": 100, "nprobe": 8}
+        assert VectorIndex(4, "hnsw").options == {"m": 32, "ef_construction": 40, "ef_search": 64}
+        assert faiss.downcast_index(VectorIndex(4, "hnsw")._index.index).hnsw.efConstruction == 40
+
+
+@needs_faiss
+def test_items_missing_from_an_approximate_search_are_minus_one_and_minus_inf():
+    x = np.concatenate([np.tile([[1.0, 0.0]], (8, 1)), np.tile([[-1.0, 0.0]], (8, 1))]).astype(np.float32)
+    x += 0.01 * np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    ivf = VectorIndex(2, "ivf", nlist=2, nprobe=1); ivf.add(x)                  # two cells of 8; a query scans one
+    s, i = ivf.search(np.array([[1.0, 0.0]]), 12)
+    assert (i[0, :8] >= 0).all() and (i[0, 8:] == -1).all() and np.isneginf(s[0, 8:]).all() and np.isfinite(s[0, :8]).all()
+
+
+@needs_faiss
+def test_a_new_faiss_structure_needs_only_its_build(tmp_path):
+    class FaissIVFSmall(FaissIndex):          # an untrained faiss index: the shared _add trains it on the first batch
+        kind = "ivf-small"
+        def _build(self): return faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, 2, faiss.METRIC_INNER_PRODUCT)
+    idx = FaissIVFSmall(3); x = unit(40, 3, 12)
+    idx.add(x[:20]); idx.add(x[20:])
+    assert idx._index.is_trained and len(idx) == 40 and repr(idx) == "FaissIVFSmall(dim=3, size=40)"
+    exact = TorchIndex(3); exact.add(x)
+    assert search_recall(idx.search(x[:5], 3)[1], exact.search(x[:5], 3)[1]) > 0.5
+
+
+def test_an_empty_index_round_trips_and_next_id_is_checked(tmp_path):
+    for kind, backend in KINDS:
+        d = VectorIndex(3, kind, backend, **SMALL.get(kind, {})).save(tmp_path / f"{kind}-{backend}")
+        again = VectorIndex.load(d)
+        assert len(again) == 0 and again.add(np.zeros((0, 3))).tolist() == [] and again._next_id == 0
+    _, d = saved(tmp_path / "t")
+    for bad in (-1, 0, 38):
+        rewrite(d, None, None, {"next_id": bad})
+        with pytest.raises(ValueError, match="next_id must be an integer above every id"): VectorIndex.load(d)
+    empty = VectorIndex(3, backend="torch").save(tmp_path / "e")
+    rewrite(empty, None, None, {"next_id": -1})
+    with pytest.raises(ValueError, match=r"next_id must be an integer above every id; got -1"): VectorIndex.load(empty)
+    _, d2 = saved(tmp_path / "u")
+    meta = json.loads((d2 / "meta.json").read_text()); meta["files"].pop("ids.npy"); (d2 / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="not an index this version reads"): VectorIndex.load(d2)
+
+
+def test_engine_results_keep_id_zero_and_nested_saves(tmp_path):
+    eng = MultimodalSearchEngine(Words(), backend="torch"); eng.add("text", ["abc", "xyz"], payloads=["first", "second"])
+    assert eng.search(["abc"], "text", "text", k=1) == [[{"id": 0, "score": pytest.approx(1.0, abs=1e-5), "payload": "first"}]]
+    path = eng.save(tmp_path / "deep" / "er")
+    assert MultimodalSearchEngine.load(path, Words()).search(["abc"], "text", "text", k=2) == eng.search(["abc"], "text", "text", k=2)
+
+
+@pytest.mark.parametrize("payloads, meta", [
+    ("[[0, 1, 2], [1, 2]]", None), ('[[0, 1], 5]', None), ('[["0", 1], [1, 2]]', None), (None, {"modalities": "text"}),
+])
+def test_engine_load_refuses_payload_files_and_modalities_of_another_shape(tmp_path, payloads, meta):
+    eng = MultimodalSearchEngine(Words(), backend="torch"); eng.add("text", ["ab", "cd"]); eng.save(tmp_path)
+    if payloads is not None: (tmp_path / "text" / "payloads.json").write_text(payloads)
+    if meta is not None: patch_json(tmp_path / "engine.json", **meta)
+    with pytest.raises(ValueError, match="payloads.json does not hold one|engine.json: not an engine this version reads"):
+        MultimodalSearchEngine.load(tmp_path, Words())
+
+
+def test_engine_load_refuses_a_payload_file_that_is_not_a_list_even_when_empty(tmp_path):
+    eng = MultimodalSearchEngine(Words(), backend="torch"); eng.add("text", ["ab"]); eng.remove("text", [0]); eng.save(tmp_path)
+    assert MultimodalSearchEngine.load(tmp_path, Words()).payloads == {"text": {}}
+    (tmp_path / "text" / "payloads.json").write_text("{}")
+    with pytest.raises(ValueError, match="payloads.json does not hold one"): MultimodalSearchEngine.load(tmp_path, Words())
+
+
+def test_search_recall_takes_id_zero_as_an_id():
+    assert search_recall([[0, 5]], [[0, 6]]) == 0.5 and search_recall([[0]], [[0]]) == 1.0
+
+
+def test_clustered_embeddings_are_the_formula_they_document():
+    n, dim, c, spread, seed = 40, 6, 3, 0.7, 5
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(c, dim, generator=g), dim=1)
+    topic = torch.randint(0, c, (n,), generator=g)
+    expected = F.normalize(centres[topic] + spread * torch.randn(n, dim, generator=g) / dim ** 0.5, dim=1)
+    assert torch.allclose(clustered_embeddings(n, dim, clusters=c, spread=spread, seed=seed), expected)
