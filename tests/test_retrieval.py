@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import HealthCheck, assume, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mmlab.retrieval import (INDEXES, FaissFlatIndex, FaissHNSWIndex, FaissIndex, FaissIVFIndex, MultimodalSearchEngine,
