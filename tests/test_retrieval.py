@@ -215,6 +215,8 @@ def test_torch_and_faiss_agree_and_ivf_is_exact_with_all_probes():
     with pytest.raises(ValueError, match="nprobe must be a positive integer; got 0"): ivf.nprobe = 0
     with pytest.raises(ValueError, match=r"nlist=100 learns its cells from the first batch, which needs at least 100 vectors; got 10"):
         VectorIndex(8, "ivf", nlist=100).add(x[:10])
+    just = VectorIndex(8, "ivf", nlist=10); just.add(x[:10])                   # exactly nlist vectors are enough
+    assert just._index.is_trained and len(just) == 10
 
 
 @needs_faiss
