@@ -25,12 +25,35 @@ import torch
 
 # %% auto #0
 __all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'CHECKPOINTS', 'COURSE_WORDS', 'TINY_TOKENIZERS',
-           'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'SettingsError', 'Settings', 'find_settings_file', 'settings',
-           'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
+           'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'format_table', 'SettingsError', 'Settings', 'find_settings_file',
+           'settings', 'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
            'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config', 'tiny_vit_config',
            'tiny_gpt2_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir', 'tiny_checkpoint',
            'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor', 'load_processor',
-           'format_table', 'doctor']
+           'doctor']
+
+# %% ../nbs/00_setup.ipynb #bd23a576
+def _cell(v, digits:int)->str:
+    if v is None: return "-"
+    if isinstance(v, bool): return str(v)
+    if isinstance(v, (int, np.integer)): return f"{v:,}"
+    if isinstance(v, (float, np.floating)): return f"{v:.{digits}f}"
+    if isinstance(v, torch.Tensor) and v.numel() == 1: return _cell(v.item(), digits)
+    return str(v)
+
+def format_table(rows:list[dict], # one dict per row; keys are column names (missing keys print as '-')
+                 digits:int|dict[str, int]=3, # decimals of floats: one for all, or {column: decimals} (others 3)
+                 columns:list[str]|None=None # which columns, in which order; all keys in first-seen order if None
+                )->str:
+    "Rows of dicts as an aligned text table: numbers right-aligned with fixed decimals, text left-aligned."
+    if not rows: return "(no rows)"
+    cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    dig = (lambda c: digits.get(c, 3)) if isinstance(digits, dict) else (lambda c: digits)
+    cells = [[_cell(r.get(c), dig(c)) for c in cols] for r in rows]
+    numeric = [all(isinstance(r.get(c), (int, float, np.number)) or r.get(c) is None for r in rows) for c in cols]
+    widths = [max(len(str(c)), *(len(row[j]) for row in cells)) for j, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()
+    return "\n".join([line([str(c) for c in cols])] + [line(row) for row in cells])
 
 # %% ../nbs/00_setup.ipynb #d18199b9
 class SettingsError(ValueError):
@@ -510,29 +533,6 @@ def load_processor(name:str, # a Hub checkpoint name or a local directory
         proc, msg = AutoProcessor.from_pretrained(d, **kwargs), f"{name} processor is not available offline; loaded a tiny one from {d}"
     _say(verbose, msg)
     return proc
-
-# %% ../nbs/00_setup.ipynb #bd23a576
-def _cell(v, digits:int)->str:
-    if v is None: return "-"
-    if isinstance(v, bool): return str(v)
-    if isinstance(v, (int, np.integer)): return f"{v:,}"
-    if isinstance(v, (float, np.floating)): return f"{v:.{digits}f}"
-    if isinstance(v, torch.Tensor) and v.numel() == 1: return _cell(v.item(), digits)
-    return str(v)
-
-def format_table(rows:list[dict], # one dict per row; keys are column names (missing keys print as '-')
-                 digits:int|dict[str, int]=3, # decimals of floats: one for all, or {column: decimals} (others 3)
-                 columns:list[str]|None=None # which columns, in which order; all keys in first-seen order if None
-                )->str:
-    "Rows of dicts as an aligned text table: numbers right-aligned with fixed decimals, text left-aligned."
-    if not rows: return "(no rows)"
-    cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
-    dig = (lambda c: digits.get(c, 3)) if isinstance(digits, dict) else (lambda c: digits)
-    cells = [[_cell(r.get(c), dig(c)) for c in cols] for r in rows]
-    numeric = [all(isinstance(r.get(c), (int, float, np.number)) or r.get(c) is None for r in rows) for c in cols]
-    widths = [max(len(str(c)), *(len(row[j]) for row in cells)) for j, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()
-    return "\n".join([line([str(c) for c in cols])] + [line(row) for row in cells])
 
 # %% ../nbs/00_setup.ipynb #b27a184e
 OPTIONAL_PARTS = {   # import name -> what the course uses it for
