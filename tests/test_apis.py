@@ -458,3 +458,19 @@ def test_zzz_no_test_key_in_any_file_the_tests_wrote(tmp_path_factory):
     for p in files:
         data = p.read_bytes()
         assert KEY_MARK.encode() not in data, p
+
+
+def test_tiny_llava_loads_without_importing_apis(tmp_path):
+    "The tiny LLaVA is registered in mmlab.core: a fresh process loads it (model and processor) without mmlab.apis."
+    import subprocess, sys
+    code = ("import sys\n"
+            "from transformers import LlavaForConditionalGeneration\n"
+            "from mmlab.core import load_pretrained, load_processor\n"
+            "m = load_pretrained(LlavaForConditionalGeneration, 'llava-hf/llava-1.5-7b-hf', verbose=False)\n"
+            "p = load_processor('llava-hf/llava-1.5-7b-hf', verbose=False)\n"
+            "assert p.tokenizer.convert_tokens_to_ids('<image>') == m.config.image_token_index == 4\n"
+            "assert not any(k.startswith('mmlab.apis') for k in sys.modules), sorted(k for k in sys.modules if 'mmlab' in k)\n"
+            "print('ok', type(m).__name__)\n")
+    env = {**os.environ, "MMLAB_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "ok LlavaForConditionalGeneration" in r.stdout, r.stderr[-2000:]
