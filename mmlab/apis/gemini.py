@@ -89,21 +89,21 @@ class GeminiClient(ChatClient):
             return {"text": text, "model": model, "usage": usage or Usage(), "finish_reason": finish}
         return _gemini_collect(self.provider, self._sdk().models.generate_content_stream(**kw), req.model, emit)
 
-# %% ../../nbs/15f_gemini.ipynb #3b7c5031
+# %% ../../nbs/15f_gemini.ipynb #6aad324a
 def _import_legacy_gemini(package:str="google-generativeai"):
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")          # the end-of-support notice, said once in the prose above
+        warnings.simplefilter("ignore")          # the end-of-support notices, said once in the prose above
         legacy = import_sdk("google.generativeai", package)
         glm = import_sdk("google.ai.generativelanguage", package)
-    return legacy, glm
+        options = import_sdk("google.api_core.client_options", package)
+    return legacy, glm, options.ClientOptions
 
 class LegacyGeminiClient(ChatClient):
     "Gemini through the legacy `google-generativeai` SDK (support ended 2025-11-30), REST transport."
     provider, sdk, default_base_url = "gemini", "google-generativeai", "https://generativelanguage.googleapis.com"
 
     def _make_sdk(self):
-        from google.api_core.client_options import ClientOptions
-        _, glm = _import_legacy_gemini(self.sdk)
+        _, glm, ClientOptions = _import_legacy_gemini(self.sdk)
         client = glm.GenerativeServiceClient(transport="rest", client_options=ClientOptions(
             api_endpoint=self.base_url, api_key=self._key.reveal()))
         session = client._transport._session
@@ -112,7 +112,7 @@ class LegacyGeminiClient(ChatClient):
         return client
 
     def _send(self, req, stream, emit):
-        legacy, _ = _import_legacy_gemini(self.sdk)
+        legacy, _, _ = _import_legacy_gemini(self.sdk)
         cfg = gemini_config(req); system = cfg.pop("system_instruction", None)
         if "response_json_schema" in cfg: cfg["response_schema"] = cfg.pop("response_json_schema")
         m = legacy.GenerativeModel(req.model, system_instruction=system, generation_config=cfg or None)
