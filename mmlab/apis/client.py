@@ -294,7 +294,7 @@ def deadline(seconds:float, what:str):
 
 def current_deadline()->Deadline|None: return _DEADLINE.get()
 
-# %% ../../nbs/15c_api_client.ipynb #9a64e121
+# %% ../../nbs/15c_api_client.ipynb #573decb9
 def _show_url(url:str)->str:
     "scheme://host:port/path of `url`, without the query (which may carry a key)."
     u = urlsplit(url)
@@ -353,7 +353,8 @@ class _GuardedRaw:
     def __init__(self, raw, check): self._raw, self._check = raw, check
     def read(self, amt=None, decode_content=True, **kwargs):
         if amt is None: return b"".join(iter(lambda: self.read(2**16), b""))
-        data = self._raw.read1(amt, decode_content=decode_content)
+        read = getattr(self._raw, "read1", None) or self._raw.read      # read1 (urllib3 2): what has arrived, at most amt
+        data = read(amt, decode_content=decode_content)
         if data: return self._check.feed(data)
         self._check.finish(); return data
     def __getattr__(self, name):
