@@ -28,9 +28,9 @@ __all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'C
            'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'format_table', 'SettingsError', 'Settings', 'find_settings_file',
            'settings', 'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
            'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config', 'tiny_vit_config',
-           'tiny_gpt2_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir', 'tiny_checkpoint',
-           'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor', 'load_processor',
-           'doctor']
+           'tiny_gpt2_config', 'tiny_llava_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir',
+           'tiny_checkpoint', 'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor',
+           'load_processor', 'doctor']
 
 # %% ../nbs/00_setup.ipynb #bd23a576
 def _cell(v, digits:int)->str:
@@ -268,6 +268,14 @@ def tiny_gpt2_config():
     return GPT2Config(vocab_size=TINY_VOCAB_SIZE, n_positions=128, n_embd=64, n_layer=2, n_head=4,
                       bos_token_id=0, eos_token_id=0, pad_token_id=0)
 
+@register_tiny_config("llava")
+def tiny_llava_config():
+    "LLaVA-1.5's wiring (a CLIP vision tower, a projector, a Llama) at the tiny size; token ids follow the tiny llava tokenizer."
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    text = LlamaConfig(**_TINY_TEXT, num_key_value_heads=4, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    return LlavaConfig(vision_config=CLIPVisionConfig(**_TINY_VISION, projection_dim=64), text_config=text, image_token_index=4,
+                       vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu")
+
 # %% ../nbs/00_setup.ipynb #f1d9df48
 for _name, _mt, _tok in [
     ("openai/clip-vit-base-patch32", "clip", "clip"), ("openai/clip-vit-base-patch16", "clip", "clip"),
@@ -278,6 +286,7 @@ for _name, _mt, _tok in [
     ("dandelin/vilt-b32-mlm", "vilt", "wordpiece"), ("dandelin/vilt-b32-finetuned-vqa", "vilt", "wordpiece"),
     ("google/vit-base-patch16-224", "vit", None), ("google/vit-base-patch16-224-in21k", "vit", None),
     ("gpt2", "gpt2", "bytebpe"), ("openai-community/gpt2", "gpt2", "bytebpe"),
+    ("llava-hf/llava-1.5-7b-hf", "llava", "llava"), ("llava-hf/llava-1.5-13b-hf", "llava", "llava"),
 ]: register_checkpoint(_name, _mt, _tok)
 
 # %% ../nbs/00_setup.ipynb #0377b517
@@ -357,6 +366,16 @@ def _tiny_bytebpe_tokenizer(d:Path):
                             show_progress=False)
     PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                             pad_token="<|endoftext|>", unk_token="<|endoftext|>", model_max_length=128).save_pretrained(d)
+
+@register_tiny_tokenizer("llava")
+def _tiny_llava_tokenizer(d:Path):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+    tok = ByteLevelBPETokenizer()       # specials get ids 0..4, as tiny_llava_config expects
+    tok.train_from_iterator(_tiny_corpus(), vocab_size=TINY_VOCAB_SIZE, special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+                            show_progress=False)
+    PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                            pad_token="<pad>", model_max_length=512).save_pretrained(d)
 
 # %% ../nbs/00_setup.ipynb #1d6b7657
 def atomic_write(path:str|Path, # the file to write (its directory is created)
@@ -510,6 +529,16 @@ def _tiny_vilt_processor(tokenizer):
     n = _TINY_VISION["image_size"]
     images = ViltImageProcessor(size={"shortest_edge": n, "longest_edge": n}, size_divisor=_TINY_VISION["patch_size"])
     return ViltProcessor(image_processor=images, tokenizer=tokenizer)
+
+@register_tiny_processor("llava")
+def _tiny_llava_processor(tokenizer):
+    import transformers
+    from transformers import LlavaProcessor
+    n = _TINY_VISION["image_size"]   # the PIL image processor: the default one wants torchvision
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    images = cls(size={"shortest_edge": n}, crop_size={"height": n, "width": n})
+    return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=_TINY_VISION["patch_size"],
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token="<image>")
 
 # %% ../nbs/00_setup.ipynb #b5c55261
 def load_processor(name:str, # a Hub checkpoint name or a local directory
