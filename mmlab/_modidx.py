@@ -529,6 +529,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'mmlab.eda.probe_table': ('eda.html#probe_table', 'mmlab/eda.py'),
                            'mmlab.eda.text_features': ('eda.html#text_features', 'mmlab/eda.py')},
             'mmlab.evaluate': { 'mmlab.evaluate.EvalReport': ('evaluate.html#evalreport', 'mmlab/evaluate.py'),
+                                'mmlab.evaluate._accuracy': ('evaluate.html#_accuracy', 'mmlab/evaluate.py'),
                                 'mmlab.evaluate._labels': ('evaluate.html#_labels', 'mmlab/evaluate.py'),
                                 'mmlab.evaluate.ablation': ('evaluate.html#ablation', 'mmlab/evaluate.py'),
                                 'mmlab.evaluate.evaluate_model': ('evaluate.html#evaluate_model', 'mmlab/evaluate.py'),
