@@ -764,6 +764,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'mmlab.train.MLPClassifier': ('train.html#mlpclassifier', 'mmlab/train.py'),
                              'mmlab.train.MLPClassifier.__init__': ('train.html#mlpclassifier.__init__', 'mmlab/train.py'),
                              'mmlab.train.MLPClassifier.forward': ('train.html#mlpclassifier.forward', 'mmlab/train.py'),
+                             'mmlab.train._batch_size': ('train.html#_batch_size', 'mmlab/train.py'),
                              'mmlab.train._evaluate': ('train.html#_evaluate', 'mmlab/train.py'),
                              'mmlab.train._field': ('train.html#_field', 'mmlab/train.py'),
                              'mmlab.train._is_better': ('train.html#_is_better', 'mmlab/train.py'),
