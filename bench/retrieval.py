@@ -76,7 +76,6 @@ def main(argv=None):
         ratios[kind] = t_ours / t_raw
         rows += [(f"raw faiss {kind}", raw_build, t_raw, 1.0, search_recall(i_raw, exact)),
                  (f"mmlab {type(ours).__name__}", ours_build, t_ours, t_ours / t_raw, search_recall(i_ours, exact))]
-        del raw, ours
     torch_index, torch_build = built(lambda: VectorIndex(a.dim, backend="torch"), lambda i: i.add(x))
     t_ti, (_, i_ti) = timed(lambda: torch_index.search(q, a.k), a.repeats)
 

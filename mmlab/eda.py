@@ -18,6 +18,8 @@ from PIL import Image
 from .data.preprocess import log_mel_spectrogram
 from .data.schema import course_vocab, encode_words
 
+from .core import require
+
 # %% auto #0
 __all__ = ['image_features', 'audio_features', 'text_features', 'dataset_features', 'ProbeResult', 'probe', 'probe_table',
            'format_probe_table', 'canonical_correlations', 'embed_2d', 'plot_embeddings']
@@ -142,6 +144,7 @@ def canonical_correlations(X:np.ndarray, Z:np.ndarray, # (N, Dx), (N, Dz) featur
                            n_train:int, # rows used to fit; correlations are measured on the rest
                            n_components:int=3)->np.ndarray: # (n_components,) held-out correlations
     "Held-out correlation of each canonical pair found by scikit-learn's CCA."
+    require("sklearn", "canonical_correlations")
     from sklearn.cross_decomposition import CCA
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
@@ -168,12 +171,14 @@ def embed_2d(X:np.ndarray, method:str="pca", seed:int=0)->np.ndarray: # (N, 2)
 
 def plot_embeddings(panels:list[tuple], # (title, (N, 2) points, (N,) labels) per panel
                     ncols:int=4):
-    "Scatter plots coloured by label; returns the figure."
+    "Scatter plots coloured by label, with a legend of the labels; returns the figure."
+    plt = require("matplotlib.pyplot", "plot_embeddings")
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3 * nrows), squeeze=False)
     for ax, (title, P, y) in zip(axes.ravel(), panels):
         sc = ax.scatter(P[:, 0], P[:, 1], c=y, s=5, cmap="tab10", vmin=0, vmax=9)
         ax.set_title(title, fontsize=9); ax.set_xticks([]); ax.set_yticks([])
+        ax.legend(*sc.legend_elements(), title="label", fontsize=6, title_fontsize=7, loc="best", markerscale=0.7)
     for ax in axes.ravel()[len(panels):]: ax.axis("off")
     fig.tight_layout()
     return fig

@@ -52,12 +52,12 @@ def test_to_hf_gives_same_logits():
 
 
 def test_a_wrong_mapping_is_caught():
-    "Swapping q and k in the fused projection must break parity: the test can fail."
+    "Swapping the query and key projections must break parity: the test can fail."
     hf = perturbed_hf(CONFIGS["tiny"])
     cfg = clip_cfg_from_hf(hf.config)
     sd = hf_to_mmlab_state_dict(hf.state_dict(), cfg)
-    w = sd["text.blocks.0.attn.qkv.weight"]; D = cfg.text.width
-    sd["text.blocks.0.attn.qkv.weight"] = torch.cat([w[D:2 * D], w[:D], w[2 * D:]])
+    q, k = "text.blocks.0.attn.q_proj.weight", "text.blocks.0.attn.k_proj.weight"
+    sd[q], sd[k] = sd[k], sd[q]
     ours = CLIP(cfg).eval(); ours.load_state_dict(sd)
     _, ids, mask = random_clip_inputs(hf.config, batch=3)
     with torch.no_grad():
@@ -126,6 +126,8 @@ def test_fit_clip_learns_a_tiny_matching_problem(one_thread):
     after = image_text_retrieval(*embed_all(m, px, feats, device="cpu"), torch.arange(16))
     assert hist["loss"][-1] < 0.5 * hist["loss"][0]
     assert after["text_to_image"]["R@5"] > before["text_to_image"]["R@5"]
+    assert abs(hist["temperature"][-1] - hist["temperature"][0]) > 1e-3          # the temperature is learned, not fixed
+    assert m.logit_scale.value.grad is not None
     with pytest.raises(ValueError, match=r"\(T, 12\)"): m.encode_text(torch.randn(3, 10))
 
 

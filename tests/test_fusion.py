@@ -1,4 +1,5 @@
 "Tests of mmlab.fusion and mmlab.evaluate: every strategy's forward/backward, mask invariance, batch of one, errors."
+import dataclasses
 import math
 
 import pytest
@@ -6,11 +7,11 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from mmlab.data.preprocess import log_mel_spectrogram
-from mmlab.fusion import (STRATEGIES, AudioEncoder, FeatureEncoder, FusionModule, ImageEncoder, LogMel, LowRankTensorFusion,
-                          MultimodalClassifier, TextEncoder, build_classifier, check_mask_invariance, make_fusion,
+from mmlab.fusion import (STRATEGIES, AudioEncoder, FeatureEncoder, ImageEncoder, LogMel, LowRankTensorFusion,
+                          MultimodalClassifier, TextEncoder, check_mask_invariance, make_fusion,
                           modality_dropout)
 from mmlab.evaluate import ablation, evaluate_model, robustness, shapley_contributions
-from mmlab.train import BatchDataset
+from mmlab.data.schema import Batch
 
 torch.set_num_threads(1)
 DIMS = {"vision": 6, "audio": 4, "text": 5}
@@ -130,21 +131,20 @@ def test_log_mel_front_end_matches_the_data_chapter():
 
 def test_encoders_and_composed_model_round_trip():
     torch.manual_seed(0)
-    encs = {"vision": ImageEncoder(1, 16), "audio": AudioEncoder(8000, 16), "text": TextEncoder(30, 16)}
+    encs = {"vision": ImageEncoder(in_channels=1, out_dim=16), "audio": AudioEncoder(out_dim=16), "text": TextEncoder(vocab_size=30, out_dim=16)}
     model = MultimodalClassifier(encs, "gated", 10).eval()
-    batch = {"inputs": {"vision": torch.rand(3, 1, 28, 28), "audio": torch.randn(3, 2000), "text": torch.randint(1, 30, (3, 2))},
-             "mask": {"vision": torch.tensor([True, False, True]), "audio": torch.ones(3, dtype=torch.bool),
-                      "text": torch.ones(3, dtype=torch.bool)},
-             "pad_mask": {}, "labels": {"label": torch.tensor([1, 2, 3])}}
-    out = model(**batch)
+    batch = Batch({"vision": torch.rand(3, 1, 28, 28), "audio": torch.randn(3, 2000), "text": torch.randint(1, 30, (3, 2))},
+                  {"vision": torch.tensor([True, False, True]), "audio": torch.ones(3, dtype=torch.bool),
+                   "text": torch.ones(3, dtype=torch.bool)}, labels={"label": torch.tensor([1, 2, 3])})
+    out = model(batch)
     assert out.logits.shape == (3, 10) and abs(out.loss.item() - math.log(10)) < 1.0
-    again = build_classifier(model.config_dict()).eval(); again.load_state_dict(model.state_dict())
-    torch.testing.assert_close(again(**batch).logits, out.logits)
+    again = MultimodalClassifier.from_config(dataclasses.asdict(model.config)).eval(); again.load_state_dict(model.state_dict())
+    torch.testing.assert_close(again(batch).logits, out.logits)
     with pytest.raises(ValueError, match=r"vision: expected \(B, 1, H, W\)"):
-        model(**dict(batch, inputs=dict(batch["inputs"], vision=torch.rand(3, 3, 28, 28))))
+        model(dataclasses.replace(batch, inputs=dict(batch.inputs, vision=torch.rand(3, 3, 28, 28))))
     with pytest.raises(KeyError, match="the batch lacks modalities"):
-        model(inputs={"vision": batch["inputs"]["vision"]})
-    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(Batch({"vision": batch.inputs["vision"]}, {"vision": batch.mask["vision"]}))
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 30\)"):
         encs["text"](torch.tensor([[31]]))
 
 
@@ -153,17 +153,16 @@ def _feature_data(n, seed):
     y = torch.randint(0, 3, (n,), generator=g)
     a = torch.nn.functional.one_hot(y, 3).float() * 3 + 0.5 * torch.randn(n, 3, generator=g)
     ones = torch.ones(n, dtype=torch.bool)
-    return BatchDataset({"inputs": {"a": a, "b": torch.randn(n, 2, generator=g)}, "mask": {"a": ones, "b": ones.clone()},
-                         "pad_mask": {}, "labels": {"label": y}})
+    return Batch({"a": a, "b": torch.randn(n, 2, generator=g)}, {"a": ones, "b": ones.clone()}, labels={"label": y})
 
 
 def test_ablation_uses_the_mask_and_shapley_sums_up():
     torch.manual_seed(0)
-    model = MultimodalClassifier({"a": FeatureEncoder(3), "b": FeatureEncoder(2)}, "early", 3, dropout=0.0)
+    model = MultimodalClassifier({"a": FeatureEncoder(out_dim=3), "b": FeatureEncoder(out_dim=2)}, "early", 3, dropout=0.0)
     data = _feature_data(300, 0)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(60):
-        opt.zero_grad(); model(**data.batch).loss.backward(); opt.step()
+        opt.zero_grad(); model(data).loss.backward(); opt.step()
     abl = ablation(model, data)
     assert set(abl) == {("a",), ("b",), ("a", "b")} and abl[("a", "b")] > 0.9
     phi = shapley_contributions(abl, 3)
@@ -172,3 +171,57 @@ def test_ablation_uses_the_mask_and_shapley_sums_up():
     assert rob["-b"] == abl[("a",)] and rob["all"] == abl[("a", "b")]
     rep = evaluate_model(model, data)
     assert rep.confusion.sum() == 300 and 0 <= rep.macro_f1 <= 1 and rep.params == sum(p.numel() for p in model.parameters())
+
+
+# ---- what "absent" promises, tested as properties every strategy must satisfy -------------------------------------
+
+def _own_parameters(model, m):
+    "The parameters that belong to modality m alone (its projection, head, factor, candidate, or attention into m)."
+    parts = lambda n: n.replace("->", ".").split(".")
+    return [p for n, p in model.named_parameters() if m in parts(n)]
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+@pytest.mark.parametrize("absent", list(DIMS))
+def test_an_absent_modality_has_no_influence_at_all(name, absent):
+    "With a modality absent, neither its values nor any parameter of its own can change the output: it weighs 0."
+    torch.manual_seed(0)
+    model = make_fusion(name, DIMS, 3, hidden=16).eval()
+    x = _inputs(4)
+    mask = {m: torch.ones(4, dtype=torch.bool) for m in DIMS}
+    mask[absent] = torch.zeros(4, dtype=torch.bool)
+    with torch.no_grad():
+        before = model(x, mask).logits
+        for p in _own_parameters(model, absent): p.add_(torch.randn_like(p))
+        after = model(x, mask).logits
+    torch.testing.assert_close(before, after, msg=f"{name}: the parameters of absent {absent!r} changed the output")
+    if _own_parameters(model, "vision") and absent != "vision":                 # the check can fail: present parameters matter
+        with torch.no_grad():
+            for p in _own_parameters(model, "vision"): p.add_(torch.randn_like(p))
+            assert not torch.allclose(after, model(x, mask).logits)
+
+
+@pytest.mark.parametrize("name", [n for n in STRATEGIES if make_fusion(n, DIMS, 3).eval()(_inputs(1)).modality_weights is not None])
+def test_modality_weights_are_zero_when_absent_and_sum_to_one(name):
+    torch.manual_seed(0)
+    model = make_fusion(name, DIMS, 3, hidden=16).eval()
+    g = torch.Generator().manual_seed(1)
+    mask = {m: torch.rand(64, generator=g) > 0.5 for m in DIMS}
+    mask["vision"] |= ~(mask["audio"] | mask["text"])                         # every sample keeps one modality
+    w = model(_inputs(64), mask).modality_weights                             # (B, M)
+    present = torch.stack([mask[m] for m in model.modalities], 1)
+    assert (w[~present] == 0).all(), f"{name}: an absent modality has weight"
+    torch.testing.assert_close(w.sum(1), torch.ones(64))
+    only = {m: torch.tensor([m == "audio"] * 3) for m in DIMS}                # one modality present: its weight is 1
+    torch.testing.assert_close(model(_inputs(3), only).modality_weights[:, model.modalities.index("audio")], torch.ones(3))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_modality_dropout_hides_a_fraction_p(p):
+    "Each present modality is hidden with probability p (not kept with probability p), over 10,000 draws."
+    mask = torch.ones(10_000, 4, dtype=torch.bool)
+    out = modality_dropout(mask, p, torch.Generator().manual_seed(0))
+    hidden = 1 - out.float().mean().item()
+    # the restore step (never all hidden) adds back one modality for p^4 of the samples: 1/4 of a row
+    expected = p - p ** 4 / 4
+    assert abs(hidden - expected) < 0.015, (hidden, expected)
