@@ -501,6 +501,7 @@ def make_robot_navigation(n:int, # number of samples
                           window:float=1.0, # seconds covered by the sensor readings
                           p_obstacle:float=.3, # P(an obstacle ahead closer than the safety distance)
                           p_goal_close:float=.15, # P(the goal is close enough to stop), when there is no obstacle
+                          margin:float=4., # degrees: a goal bearing this close to the 15-degree turn threshold is redrawn
                           drop:float|dict=0., # P(a modality is missing), float or {'image': p, 'sensor': p}; each sample keeps one
                           image_size:int=32, # pixels per side
                           pixel_noise:float=.03, # std of Gaussian pixel noise, in [0, 1] units
@@ -515,7 +516,8 @@ def make_robot_navigation(n:int, # number of samples
     the camera's bearing minus the angle turned (the time integral of the yaw rate), so neither modality alone knows
     where the goal is. The best action (ROBOT_ACTIONS) is: turn towards the freer side if an obstacle is closer than
     0.5 m ahead (range beams at -30, 0, +30 degrees); else stop if the goal is closer than 0.8 m; else turn left or
-    right if the goal is more than 15 degrees off the heading; else forward.
+    right if the goal is more than 15 degrees off the heading (bearings within `margin` of 15 degrees are redrawn);
+    else forward.
 
     Columns: `sample_id`; `image` (PIL RGB or None); `sensor` (float32 list of readings, each ROBOT_CHANNELS: time in
     s, yaw rate rad/s, accelerations m/s^2, five ranges m; or None); `sampling_rate` (int, mean readings per second);
@@ -528,7 +530,7 @@ def make_robot_navigation(n:int, # number of samples
     drop_p = _per_modality(drop, ROBOT_MODALITIES, "drop")
     _check(n, **{f"drop[{m}]": p for m, p in drop_p.items()})
     params = dict(n=n, seed=seed, sampling=sampling, readings=[lo, hi], window=window, p_obstacle=p_obstacle,
-                  p_goal_close=p_goal_close, drop=drop_p, image_size=image_size, pixel_noise=pixel_noise,
+                  p_goal_close=p_goal_close, margin=margin, drop=drop_p, image_size=image_size, pixel_noise=pixel_noise,
                   gyro_noise=gyro_noise, range_noise=range_noise)
     def build():
         import datasets
@@ -540,8 +542,9 @@ def make_robot_navigation(n:int, # number of samples
             obstacle = rng.random() < p_obstacle
             close = not obstacle and rng.random() < p_goal_close
             distance = rng.uniform(.4, _ROBOT_STOP - .1) if close else rng.uniform(_ROBOT_STOP + .2, 4.0)
-            bearing = rng.uniform(-40, 40)
             rate, turned = _robot_yaw(rng, window)
+            bearing = rng.uniform(-40, 40)
+            while abs(abs(bearing - turned) - _ROBOT_TURN) < margin: bearing = rng.uniform(-40, 40)   # a clear best action
             ranges = _robot_ranges(rng, obstacle)
             k = int(rng.integers(lo, hi + 1))
             t = _robot_times(k, window, sampling, rng)
