@@ -21,19 +21,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import MultiHeadCrossAttention
 from .fusion import LogMel
 
 # %% auto #0
 __all__ = ['CFC_ACTIVATIONS', 'CFC_MODES', 'SURROGATES', 'RESETS', 'ENCODER_KINDS', 'LIQUID_CELLS', 'LTCCell', 'LTC', 'LeCunTanh',
-           'CfCCell', 'CfC', 'ncps_parity', 'SpikeFunction', 'spike', 'LIF', 'snntorch_parity', 'rate_encode',
-           'latency_encode', 'ModalityConfig', 'SpikeTrain', 'EncoderOutput', 'ModalityEncoder']
+           'CfCCell', 'CfC', 'MixedMemory', 'ncps_parity', 'SpikeFunction', 'spike', 'LIF', 'snntorch_parity',
+           'rate_encode', 'latency_encode', 'ModalityConfig', 'SpikeTrain', 'EncoderOutput', 'SpikingFrontEnd',
+           'ModalityEncoder', 'CrossModalAttentionFusion', 'FusionStrategy', 'NeuroOutput', 'MultiModalFusionNetwork']
 
 # %% ../nbs/05_liquid_spiking.ipynb #4cac1f9d
 class _TimedRNN(nn.Module):
     "A cell run over a batch-first sequence with per-step elapsed times; subclasses set `self.cell`, `input_size`, `units`."
     positive_time = False       # True: timespans must be > 0 (LTC divides by them); False: >= 0
 
-    def _timespans(self, timespans, B:int, L:int, like:Tensor)->Tensor: # (B, L, 1)
+    def _timespans(self, timespans, B:int, L:int, like:Tensor, mask:Tensor|None)->Tensor: # (B, L, 1)
         if timespans is None: return like.new_ones(B, L, 1)
         ts = (timespans if torch.is_tensor(timespans) else torch.tensor(float(timespans))).to(like.dtype)
         shape = tuple(ts.shape)
@@ -42,6 +44,7 @@ class _TimedRNN(nn.Module):
         elif ts.dim() == 1 and ts.shape[0] == L: ts = ts[None].expand(B, L)
         if tuple(ts.shape) != (B, L):
             raise ValueError(f"timespans must be a number, (L,), (B, L) or (B, L, 1) with B={B}, L={L}; got {shape}")
+        if mask is not None: ts = torch.where(mask, ts, torch.ones_like(ts))   # padded steps: any time, the result is discarded
         bad = ~torch.isfinite(ts) | ((ts <= 0) if self.positive_time else (ts < 0))
         if bad.any():
             raise ValueError(f"timespans must be finite and {'> 0' if self.positive_time else '>= 0'}; "
@@ -49,32 +52,38 @@ class _TimedRNN(nn.Module):
         return ts[..., None]
 
     def forward(self, x:Tensor, # (B, L, I) input sequence, batch first
-                hx:Tensor|None=None, # (B, H) initial state; zeros if None
+                hx:Tensor|tuple[Tensor, Tensor]|None=None, # (B, H) initial state, (h, c) with mixed memory; zeros if None
                 timespans:Tensor|float|None=None, # elapsed time before each reading: number, (L,), (B, L) or (B, L, 1); 1 if None
                 mask:Tensor|None=None # (B, L) bool, False = padding: the state is held there
-               )->tuple[Tensor, Tensor]: # outputs (B, L, H) and the final state (B, H)
-        name = type(self).__name__
+               )->tuple[Tensor, Tensor|tuple[Tensor, Tensor]]: # outputs (B, L, H) and the final state (B, H) or (h, c)
+        name, memory = type(self).__name__, getattr(self, "lstm", None)
         if not torch.is_tensor(x) or x.dim() != 3 or x.shape[-1] != self.input_size or not x.is_floating_point():
             got = f"{x.dtype} {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
             raise ValueError(f"{name}: x must be a float (B, L, {self.input_size}) batch-first sequence; got {got}")
         B, L, _ = x.shape
         if L == 0: raise ValueError(f"{name}: x has no time steps (L = 0)")
-        h = x.new_zeros(B, self.units) if hx is None else hx
-        if tuple(h.shape) != (B, self.units): raise ValueError(f"{name}: hx must be (B, H) = ({B}, {self.units}); got {tuple(h.shape)}")
-        ts = self._timespans(timespans, B, L, x)
-        if mask is not None:
-            if mask.dtype != torch.bool or tuple(mask.shape) != (B, L):
-                raise ValueError(f"{name}: mask must be a bool (B, L) = ({B}, {L}) tensor; got {mask.dtype} {tuple(mask.shape)}")
-            ts = torch.where(mask[..., None], ts, torch.ones_like(ts))   # padded steps: any valid time, the result is discarded
+        if hx is None: h = c = x.new_zeros(B, self.units)
+        elif memory is not None:
+            if not (isinstance(hx, (tuple, list)) and len(hx) == 2): raise ValueError(f"{name} with mixed memory: hx must be a pair (h, c)")
+            h, c = hx
+        else: h, c = hx, None
+        for v in (h, c) if memory is not None else (h,):
+            if not torch.is_tensor(v) or tuple(v.shape) != (B, self.units):
+                raise ValueError(f"{name}: hx must be (B, H) = ({B}, {self.units}); got {tuple(v.shape) if torch.is_tensor(v) else type(v).__name__}")
+        if mask is not None and (mask.dtype != torch.bool or tuple(mask.shape) != (B, L)):
+            raise ValueError(f"{name}: mask must be a bool (B, L) = ({B}, {L}) tensor; got {mask.dtype} {tuple(mask.shape)}")
+        ts = self._timespans(timespans, B, L, x, mask)
         ys = []
         for t in range(L):
-            y, h_new = self.cell(x[:, t], h, ts[:, t])                   # (B, H), (B, H)
+            h_in, c_new = memory(x[:, t], (h, c)) if memory is not None else (h, c)   # mixed memory: the LSTM goes first
+            y, h_new = self.cell(x[:, t], h_in, ts[:, t])                   # (B, H), (B, H)
             if mask is not None:
                 keep = mask[:, t, None]
                 h_new = torch.where(keep, h_new, h)
+                if memory is not None: c_new = torch.where(keep, c_new, c)
                 y = torch.where(keep, y, ys[-1] if ys else self.cell.readout(h))
-            h = h_new; ys.append(y)
-        return torch.stack(ys, 1), h                                     # (B, L, H), (B, H)
+            h, c = h_new, c_new; ys.append(y)
+        return torch.stack(ys, 1), ((h, c) if memory is not None else h)   # (B, L, H), (B, H) or a pair
 
 # %% ../nbs/05_liquid_spiking.ipynb #12ded43a
 _LTC_INIT = {   # uniform initial ranges of the LTC parameters (those of ncps)
@@ -143,23 +152,26 @@ class LTC(_TimedRNN):
     def __init__(self, input_size:int, # I
                  units:int, # H
                  ode_unfolds:int=6, # K: Euler steps per reading
-                 epsilon:float=1e-8):
+                 epsilon:float=1e-8,
+                 mixed_memory:bool=False # an LSTM memory cell updates the state before each liquid step
+                ):
         super().__init__()
         self.input_size, self.units = input_size, units
         self.cell = LTCCell(input_size, units, ode_unfolds, epsilon)
+        if mixed_memory: self.lstm = MixedMemory(input_size, units)
 
     @classmethod
     def from_ncps(cls, module:nn.Module # an ncps.torch.LTC with a fully connected wiring
                  )->"LTC":
         "An LTC holding a copy of the weights of `module`."
         c = module.rnn_cell
-        checks = {"mixed_memory": (module.use_mixed, False), "input_mapping": (c._input_mapping, "affine"),
+        checks = {"input_mapping": (c._input_mapping, "affine"),
                   "output_mapping": (c._output_mapping, "affine"), "implicit_param_constraints": (c._implicit_param_constraints, True),
                   "batch_first": (module.batch_first, True), "output size = units": (c.motor_size == c.state_size, True),
                   "fully connected wiring": (bool((c.sparsity_mask == 1).all() and (c.sensory_sparsity_mask == 1).all()), True)}
         bad = {k: got for k, (got, want) in checks.items() if got != want}
         if bad: raise ValueError(f"LTC.from_ncps reproduces only the default fully connected ncps LTC; this one has {bad}")
-        ours = cls(c.sensory_size, c.state_size, c._ode_unfolds, c._epsilon)
+        ours = cls(c.sensory_size, c.state_size, c._ode_unfolds, c._epsilon, module.use_mixed)
         state = {k: v for k, v in module.state_dict().items() if not k.endswith("sparsity_mask")}
         _copy_state(ours, state, lambda k: k.replace("rnn_cell.", "cell."), "LTC.from_ncps")
         return ours
@@ -208,12 +220,14 @@ class CfCCell(nn.Module):
                 dt:Tensor # (B, 1) elapsed time
                )->tuple[Tensor, Tensor]: # output (B, H) and new state (B, H): the same tensor
         z = self.backbone(torch.cat([x, h], -1))                              # (B, backbone_units or I + H)
-        f1 = self.ff1(z)
         if self.mode == "pure":
+            f1 = self.ff1(z)
             h = -self.A * torch.exp(-dt * (self.w_tau.abs() + f1.abs())) * f1 + self.A
             return h, h
-        f, g = torch.tanh(f1), torch.tanh(self.ff2(z))
-        gate = torch.sigmoid(self.time_a(z) * dt + self.time_b(z))            # (B, H)
+        heads = (self.ff1, self.ff2, self.time_a, self.time_b)                # one matrix product for the four heads
+        f1, f2, ta, tb = F.linear(z, torch.cat([l.weight for l in heads]), torch.cat([l.bias for l in heads])).chunk(4, -1)
+        f, g = torch.tanh(f1), torch.tanh(f2)
+        gate = torch.sigmoid(ta * dt + tb)                                    # (B, H)
         h = f + gate * g if self.mode == "no_gate" else f * (1.0 - gate) + gate * g
         return h, h
 
@@ -223,10 +237,13 @@ class CfC(_TimedRNN):
     def __init__(self, input_size:int, # I
                  units:int, # H
                  mode:str="default", # 'default', 'no_gate' or 'pure'
-                 backbone_units:int=128, backbone_layers:int=1, activation:str="lecun_tanh"):
+                 backbone_units:int=128, backbone_layers:int=1, activation:str="lecun_tanh",
+                 mixed_memory:bool=False # an LSTM memory cell updates the state before each CfC step
+                ):
         super().__init__()
         self.input_size, self.units = input_size, units
         self.cell = CfCCell(input_size, units, mode, backbone_units, backbone_layers, activation)
+        if mixed_memory: self.lstm = MixedMemory(input_size, units)
 
     @classmethod
     def from_ncps(cls, module:nn.Module # an ncps.torch.CfC with integer units (not a wiring)
@@ -235,7 +252,7 @@ class CfC(_TimedRNN):
         c = module.rnn_cell
         if type(c).__name__ != "CfCCell":
             raise ValueError(f"CfC.from_ncps reproduces the fully connected ncps CfC; got a {type(c).__name__} (wired CfC)")
-        bad = {k: v for k, v in {"mixed_memory": module.use_mixed, "proj_size": module.proj_size,
+        bad = {k: v for k, v in {"proj_size": module.proj_size,
                                  "batch_first": not module.batch_first, "sparsity_mask": c.sparsity_mask is not None}.items() if v}
         if any(isinstance(m, nn.Dropout) and m.p > 0 for m in (c.backbone or [])): bad["backbone_dropout"] = True
         if bad: raise ValueError(f"CfC.from_ncps reproduces only the default ncps CfC; this one has {bad}")
@@ -245,7 +262,7 @@ class CfC(_TimedRNN):
         act = "lecun_tanh" if act_cls.__name__ == "LeCun" else acts.get(act_cls)
         if act is None: raise ValueError(f"CfC.from_ncps: unknown backbone activation {act_cls.__name__}")
         units = c.backbone[0].out_features if c.backbone_layers > 0 else 1
-        ours = cls(c.input_size, c.hidden_size, c.mode, units, c.backbone_layers, act)
+        ours = cls(c.input_size, c.hidden_size, c.mode, units, c.backbone_layers, act, module.use_mixed)
         idx = iter(i for i, m in enumerate(ours.cell.backbone) if isinstance(m, nn.Linear))
         theirs = {i: next(idx) for i, m in enumerate(layers) if isinstance(m, nn.Linear)}   # ncps may interleave Dropout
         def rename(k):
@@ -257,10 +274,28 @@ class CfC(_TimedRNN):
         _copy_state(ours, module.state_dict(), rename, "CfC.from_ncps")
         return ours
 
-# %% ../nbs/05_liquid_spiking.ipynb #d90eca4e
+# %% ../nbs/05_liquid_spiking.ipynb #b4a4a63f
+class MixedMemory(nn.Module):
+    "The LSTM memory cell of mixed-memory liquid networks: (x, (h, c)) -> (h', c')."
+    def __init__(self, input_size:int, units:int):
+        super().__init__()
+        self.input_map = nn.Linear(input_size, 4 * units)
+        self.recurrent_map = nn.Linear(units, 4 * units, bias=False)
+        nn.init.xavier_uniform_(self.input_map.weight); nn.init.uniform_(self.input_map.bias, -0.1, 0.1)
+        nn.init.orthogonal_(self.recurrent_map.weight)
+
+    def forward(self, x:Tensor, # (B, I)
+                state:tuple[Tensor, Tensor] # h, c: (B, H) each
+               )->tuple[Tensor, Tensor]:
+        h, c = state
+        i, gi, gf, go = (self.input_map(x) + self.recurrent_map(h)).chunk(4, -1)
+        c = torch.sigmoid(gf + 1.0) * c + torch.sigmoid(gi) * torch.tanh(i)
+        return torch.sigmoid(go) * torch.tanh(c), c
+
+# %% ../nbs/05_liquid_spiking.ipynb #7b21109e
 def ncps_parity(kind:str="cfc", # 'cfc' or 'ltc'
                 batch:int=4, length:int=12, input_size:int=5, units:int=8, seed:int=0,
-                **options # passed to both constructors (mode, backbone_units, backbone_layers, ode_unfolds)
+                **options # passed to both constructors (mode, backbone_units, backbone_layers, ode_unfolds, mixed_memory)
                )->dict[str, float]:
     "Largest gaps between ncps and mmlab.neuro (outputs, final state, input gradient) on irregularly timed sequences."
     import ncps.torch as ncps_torch
@@ -272,14 +307,18 @@ def ncps_parity(kind:str="cfc", # 'cfc' or 'ltc'
     ref = (ncps_torch.CfC if kind == "cfc" else ncps_torch.LTC)(input_size, units, **options)
     ours = (CfC if kind == "cfc" else LTC).from_ncps(ref)
     xr, xo = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    outs = [ref(xr[i:i + 1], h0[i:i + 1], ts[i:i + 1, :, None]) for i in range(batch)]     # one sequence at a time
-    y_ref, h_ref = torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
-    y, h = ours(xo, h0, ts)
+    c0 = 0.5 * torch.randn(batch, units, generator=g)
+    first = (lambda i: (h0[i:i + 1], c0[i:i + 1])) if ref.use_mixed else (lambda i: h0[i:i + 1])
+    outs = [ref(xr[i:i + 1], first(i), ts[i:i + 1, :, None]) for i in range(batch)]    # one sequence at a time
+    state = lambda o: torch.cat(o, -1) if isinstance(o, tuple) else o                    # (h, c) side by side
+    y_ref, h_ref = torch.cat([o[0] for o in outs]), torch.cat([state(o[1]) for o in outs])
+    y, h = ours(xo, (h0, c0) if ref.use_mixed else h0, ts)
+    h = state(h)
     (y_ref.square().sum() + h_ref.sum()).backward(); (y.square().sum() + h.sum()).backward()
     return {"output": (y - y_ref).abs().max().item(), "state": (h - h_ref).abs().max().item(),
             "input_grad": (xo.grad - xr.grad).abs().max().item()}
 
-# %% ../nbs/05_liquid_spiking.ipynb #9d4e7c4e
+# %% ../nbs/05_liquid_spiking.ipynb #44d941dc
 SURROGATES = {"atan": 2.0, "fast_sigmoid": 25.0}   # surrogate -> default scale (alpha of atan, slope of fast sigmoid)
 
 class SpikeFunction(torch.autograd.Function):
@@ -303,7 +342,7 @@ def spike(u:Tensor, # membrane potential minus threshold, any shape
     if surrogate not in SURROGATES: raise ValueError(f"unknown surrogate {surrogate!r}; valid: {', '.join(SURROGATES)}")
     return SpikeFunction.apply(u, surrogate, SURROGATES[surrogate] if scale is None else float(scale))
 
-# %% ../nbs/05_liquid_spiking.ipynb #8cccee97
+# %% ../nbs/05_liquid_spiking.ipynb #e109a5f3
 RESETS = ("subtract", "zero")
 
 class LIF(nn.Module):
@@ -341,7 +380,7 @@ class LIF(nn.Module):
             s, mem = self(x[:, t], mem); spikes.append(s); mems.append(mem)
         return torch.stack(spikes, 1), torch.stack(mems, 1)
 
-# %% ../nbs/05_liquid_spiking.ipynb #341aac3d
+# %% ../nbs/05_liquid_spiking.ipynb #ae7ed19d
 def snntorch_parity(reset_mechanism:str="subtract", beta:float=0.8, threshold:float=1.0, surrogate:str="atan",
                     steps:int=60, shape:tuple=(8, 16), seed:int=0)->dict[str, float]:
     "Largest gaps between snntorch.Leaky and LIF over `steps` steps: membrane, spikes (count of mismatches), input gradient."
@@ -363,7 +402,7 @@ def snntorch_parity(reset_mechanism:str="subtract", beta:float=0.8, threshold:fl
     return {"membrane": (mem_o - mem_ref).abs().max().item(), "spike_mismatches": (spk_o != spk_r).sum().item(),
             "spikes": spk_r.sum().item(), "input_grad": (co.grad - cr.grad).abs().max().item()}
 
-# %% ../nbs/05_liquid_spiking.ipynb #55d72a85
+# %% ../nbs/05_liquid_spiking.ipynb #9083d040
 def _unit_interval(x:Tensor, name:str):
     if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() < 1:
         raise ValueError(f"{name}: x must be a float tensor (B, ...); got {type(x).__name__ if not torch.is_tensor(x) else f'{x.dtype} {tuple(x.shape)}'}")
@@ -394,9 +433,9 @@ def latency_encode(x:Tensor, # (B, ...) values in [0, 1]
     out = F.one_hot(t, num_steps).movedim(-1, 1).to(x.dtype)                            # (B, K, ...)
     return out * (x >= threshold).unsqueeze(1).to(x.dtype) if clip else out
 
-# %% ../nbs/05_liquid_spiking.ipynb #dc778a5b
+# %% ../nbs/05_liquid_spiking.ipynb #de5f30e8
 ENCODER_KINDS = ("vision", "audio", "text", "sensor", "features")
-LIQUID_CELLS = {"cfc": CfC, "ltc": LTC}
+LIQUID_CELLS = ("cfc", "ltc")
 
 @dataclass
 class ModalityConfig:
@@ -412,6 +451,7 @@ class ModalityConfig:
     beta: float = 0.9                # LIF membrane decay per step
     threshold: float = 1.0           # LIF threshold
     backbone: str = "cfc"            # liquid cell, a key of LIQUID_CELLS
+    mixed_memory: bool = True        # an LSTM memory cell in front of every liquid update
     time_channel: int|None = None    # sensor: the channel holding each reading's time; None: readings one step apart
     time_scale: float = 1.0          # elapsed times are divided by this (the nominal reading period)
 
@@ -425,7 +465,7 @@ class ModalityConfig:
             raise ValueError(f"time_channel {self.time_channel} needs kind 'sensor' and a channel in 0..{self.in_channels - 1}")
         if not self.time_scale > 0: raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
 
-# %% ../nbs/05_liquid_spiking.ipynb #88af3826
+# %% ../nbs/05_liquid_spiking.ipynb #c07a7910
 @dataclass
 class SpikeTrain:
     "What the spiking stage of an encoder returns."
@@ -442,15 +482,16 @@ class EncoderOutput:
     mask: Tensor           # (B, L) bool, True at real readings
     spikes: Tensor         # (B,) spikes emitted per sample
 
-# %% ../nbs/05_liquid_spiking.ipynb #f30d9675
+# %% ../nbs/05_liquid_spiking.ipynb #154f5b3a
 class _Preprocess(nn.Module):
     "Raw input of one modality -> (sequence (B, L, encoder_dim), mask (B, L), timespans (B, L))."
     def __init__(self, cfg:ModalityConfig):
         super().__init__()
         self.cfg, d = cfg, cfg.encoder_dim
         if cfg.kind == "vision":
-            self.net = nn.Sequential(nn.Conv2d(cfg.in_channels, 16, 3, 2, 1), nn.GELU(), nn.Conv2d(16, d, 3, 2, 1), nn.GELU(),
-                                     nn.AdaptiveAvgPool2d(4))                    # (B, d, 4, 4)
+            self.net = nn.Sequential(nn.Conv2d(cfg.in_channels, 16, 3, 2, 1), nn.GELU(), nn.Conv2d(16, 32, 3, 2, 1), nn.GELU(),
+                                     nn.Conv2d(32, 32, 3, 2, 1), nn.GELU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                                     nn.Linear(128, d))                          # (B, d): a 2x2 layout of features
         elif cfg.kind == "audio":
             self.logmel, self.net = LogMel(cfg.sample_rate), nn.Linear(32, d)
         elif cfg.kind == "text": self.net = nn.Embedding(cfg.vocab_size, d, padding_idx=0)
@@ -464,7 +505,7 @@ class _Preprocess(nn.Module):
         cfg, B = self.cfg, len(x)
         if cfg.kind == "vision":
             self._check(x, x.dim() == 4 and x.shape[1] == cfg.in_channels and x.is_floating_point(), f"float (B, {cfg.in_channels}, H, W)")
-            seq = self.net(x).flatten(2).transpose(1, 2)                           # (B, 16, d) raster order
+            seq = self.net(x)[:, None]                                             # (B, 1, d): one reading
             mask = torch.ones(seq.shape[:2], dtype=torch.bool, device=x.device)
         elif cfg.kind == "audio":
             self._check(x, x.dim() == 2 and x.is_floating_point() and x.shape[1] > self.logmel.n_fft // 2, "a float (B, samples) waveform")
@@ -499,37 +540,235 @@ class _Preprocess(nn.Module):
         if (dt < 0).any(): raise ValueError("sensor: reading times must not decrease along a sequence")
         return (dt / self.cfg.time_scale).clamp(min=1e-3)                         # LTC needs dt > 0
 
-# %% ../nbs/05_liquid_spiking.ipynb #d2fb5c6e
+# %% ../nbs/05_liquid_spiking.ipynb #879d6205
+class SpikingFrontEnd(nn.Module):
+    "Preprocess one modality and drive LIF neurons with it: firing rates per reading (the first two stages)."
+    def __init__(self, cfg:ModalityConfig):
+        super().__init__()
+        self.config = cfg
+        self.pre = _Preprocess(cfg)
+        self.current = nn.Linear(cfg.encoder_dim, cfg.spiking_units)
+        self.lif = LIF(cfg.beta, cfg.threshold)
+
+    def forward(self, x:Tensor, # the modality's batch (see ModalityConfig.kind)
+                pad_mask:Tensor|None=None, # (B, L) bool for timed inputs, True at real steps
+                present:Tensor|None=None # (B,) bool: False rows are absent, treated as all padding
+               )->SpikeTrain:
+        if present is not None:
+            if present.dtype != torch.bool or tuple(present.shape) != (len(x),):
+                raise ValueError(f"{self.config.kind}: present must be a bool ({len(x)},) tensor, got {present.dtype} {tuple(present.shape)}")
+            if self.config.kind in ("audio", "text", "sensor"):            # timed inputs: absent rows become all padding
+                pad_mask = (torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask) & present[:, None]
+        seq, mask, ts = self.pre(x, pad_mask)                                   # (B, L, d), (B, L), (B, L)
+        if present is not None: mask = mask & present[:, None]
+        cur = self.current(seq) * mask[..., None]                                # (B, L, S) no current at padding
+        K, mem, count = self.config.num_spike_steps, None, 0.0
+        for _ in range(K):                                                       # every reading at once, from rest
+            s, mem = self.lif(cur, mem); count = count + s
+        count = count * mask[..., None]                                          # (B, L, S) spikes per reading
+        return SpikeTrain(count / K, mask, ts, count.sum((1, 2)))
+
+def _liquid(backbone:str, input_size:int, units:int, mixed_memory:bool)->nn.Module:
+    if backbone == "cfc": return CfC(input_size, units, backbone_units=units, mixed_memory=mixed_memory)
+    return LTC(input_size, units, mixed_memory=mixed_memory)
+
 class ModalityEncoder(nn.Module):
     "Preprocess one modality, drive LIF neurons with it, and integrate their firing rates with a liquid cell."
     def __init__(self, config:ModalityConfig|None=None, **options):
         super().__init__()
-        cfg = config if config is not None else ModalityConfig(**options)
-        if config is not None and options: cfg = ModalityConfig(**{**asdict(config), **options})
+        cfg = ModalityConfig(**{**(asdict(config) if config is not None else {}), **options})
         self.config, self.out_dim = cfg, cfg.liquid_units
-        self.pre = _Preprocess(cfg)
-        self.current = nn.Linear(cfg.encoder_dim, cfg.spiking_units)
-        self.lif = LIF(cfg.beta, cfg.threshold)
-        liquid = {"cfc": dict(backbone_units=cfg.liquid_units), "ltc": {}}[cfg.backbone]
-        self.liquid = LIQUID_CELLS[cfg.backbone](cfg.spiking_units, cfg.liquid_units, **liquid)
+        self.front = SpikingFrontEnd(cfg)
+        self.liquid = _liquid(cfg.backbone, cfg.spiking_units, cfg.liquid_units, cfg.mixed_memory)
 
-    def spike_train(self, x:Tensor, # the modality's batch (see ModalityConfig.kind)
-                    pad_mask:Tensor|None=None # (B, L) bool for timed inputs, True at real steps
-                   )->SpikeTrain:
-        "Preprocess and spike: firing rates per reading, with the real-step mask and elapsed times."
-        seq, mask, ts = self.pre(x, pad_mask)                                   # (B, L, d), (B, L), (B, L)
-        cur = self.current(seq) * mask[..., None]                                # (B, L, S) no current at padding
-        K, mem, rates = self.config.num_spike_steps, None, []
-        for l in range(cur.shape[1]):
-            start, count = mem, 0.0
-            for _ in range(K):
-                s, mem = self.lif(cur[:, l], mem); count = count + s
-            if start is not None: mem = torch.where(mask[:, l, None], mem, start)   # padding leaves the membrane as it was
-            rates.append(count / K)
-        rates = torch.stack(rates, 1) * mask[..., None]                          # (B, L, S)
-        return SpikeTrain(rates, mask, ts, rates.sum((1, 2)) * K)
+    def spike_train(self, x:Tensor, pad_mask:Tensor|None=None, present:Tensor|None=None)->SpikeTrain:
+        "The first two stages only: firing rates per reading, with the real-step mask and elapsed times."
+        return self.front(x, pad_mask, present)
 
-    def forward(self, x:Tensor, pad_mask:Tensor|None=None)->EncoderOutput:
-        st = self.spike_train(x, pad_mask)
-        tokens, pooled = self.liquid(st.rates, timespans=st.timespans, mask=st.mask)   # (B, L, H), (B, H)
+    def forward(self, x:Tensor, pad_mask:Tensor|None=None, present:Tensor|None=None)->EncoderOutput:
+        st = self.front(x, pad_mask, present)
+        tokens, state = self.liquid(st.rates, timespans=st.timespans, mask=st.mask)    # (B, L, H), (B, H) or (h, c)
+        pooled = state[0] if isinstance(state, tuple) else state
         return EncoderOutput(tokens, pooled, st.mask, st.spikes)
+
+# %% ../nbs/05_liquid_spiking.ipynb #a73353d8
+class _CrossBlock(nn.Module):
+    "Pre-norm cross-attention block: x += MHA(LN(x), context); x += MLP(LN(x))."
+    def __init__(self, dim:int, num_heads:int, dropout:float=0.0):
+        super().__init__()
+        self.norm_q, self.norm_kv, self.norm_mlp = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = MultiHeadCrossAttention(dim, num_heads, dropout=dropout)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+    def forward(self, x, context, context_mask, need_weights=False):
+        a = self.attn(self.norm_q(x), self.norm_kv(context), mask=context_mask, need_weights=need_weights)
+        x = x + a.output
+        return x + self.mlp(self.norm_mlp(x)), a.weights
+
+class CrossModalAttentionFusion(nn.Module):
+    "Each modality's tokens attend to the tokens of every other present modality, all in parallel."
+    def __init__(self, modalities:list[str], # names of the token streams, 2 or more
+                 dim:int, # D: width of every stream
+                 num_heads:int=4, dropout:float=0.0):
+        super().__init__()
+        if len(set(modalities)) < 2: raise ValueError(f"cross-modal fusion needs 2 or more modalities, got {modalities}")
+        self.modalities = list(modalities)
+        self.blocks = nn.ModuleDict({m: _CrossBlock(dim, num_heads, dropout) for m in self.modalities})
+
+    def forward(self, tokens:dict[str, Tensor], # modality -> (B, L_m, D)
+                masks:dict[str, Tensor], # modality -> (B, L_m) bool: real tokens of present modalities
+                need_weights:bool=False # also return modality -> (B, heads, L_m, sum of the others' L)
+               )->tuple[dict[str, Tensor], dict[str, Tensor]]:
+        if set(tokens) != set(self.modalities) or set(masks) != set(self.modalities):
+            raise KeyError(f"expected tokens and masks for {self.modalities}; got {sorted(tokens)} and {sorted(masks)}")
+        out, weights = {}, {}
+        for m in self.modalities:
+            others = [o for o in self.modalities if o != m]
+            ctx = torch.cat([tokens[o] for o in others], 1)                        # (B, sum L_o, D)
+            ctx_mask = torch.cat([masks[o] for o in others], 1)                    # (B, sum L_o)
+            out[m], w = self.blocks[m](tokens[m], ctx, ctx_mask, need_weights)
+            if w is not None: weights[m] = w
+        return out, weights
+
+# %% ../nbs/05_liquid_spiking.ipynb #0e7627e5
+class FusionStrategy(str, Enum):
+    "Where the modalities meet (see the definitions above)."
+    EARLY = "early"
+    LATE = "late"
+    HYBRID = "hybrid"
+    HIERARCHICAL = "hierarchical"
+
+@dataclass
+class NeuroOutput:
+    "What MultiModalFusionNetwork returns."
+    logits: Tensor                                  # (B, C)
+    loss: Tensor|None = None                        # cross-entropy, when the batch has labels
+    labels: Tensor|None = None                      # (B,) the targets the loss was computed against
+    spikes: Tensor|None = None                      # (B,) spikes emitted per sample by the present modalities
+    features: dict[str, Tensor]|None = None         # modality -> (B, H) liquid state (early: the shared one), on request
+    attention: dict[str, Tensor]|None = None        # stream -> (B, heads, Lq, Lk) cross-modal weights, on request
+    modality_weights: Tensor|None = None            # (B, M) decision weights alpha (late and hybrid)
+
+def _head(d_in:int, hidden:int, out:int, dropout:float)->nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, out))
+
+def _masked_softmax(scores:Tensor, present:Tensor)->Tensor:   # (B, M) -> (B, M), exactly 0 where absent
+    return torch.softmax(scores.masked_fill(~present, float("-inf")), 1).masked_fill(~present, 0.0)
+
+def _masked_mean(x:Tensor, keep:Tensor)->Tensor:              # (B, L, D), (B, L) -> (B, D)
+    k = keep.to(x.dtype)[..., None]
+    return (x * k).sum(1) / k.sum(1).clamp(min=1.0)
+
+# %% ../nbs/05_liquid_spiking.ipynb #0017bdd1
+def _batch_parts(batch)->tuple[dict, dict, dict, object]:
+    "inputs, presence masks, padding masks and labels of a collated batch."
+    get = (lambda k: batch.get(k)) if isinstance(batch, dict) else (lambda k: getattr(batch, k, None))
+    inputs = get("inputs")
+    if not isinstance(inputs, dict): raise TypeError(f"expected a collated batch with an `inputs` dict, got {type(batch).__name__}")
+    return inputs, get("mask") or {}, get("pad_mask") or {}, get("labels")
+
+class MultiModalFusionNetwork(nn.Module):
+    "A spiking-then-liquid encoder per modality, fused early, late, hybrid or hierarchically; forward(batch) -> NeuroOutput."
+    def __init__(self, modality_configs:dict[str, ModalityConfig|dict], # modality name in the batch -> its encoder's config
+                 fusion_strategy:FusionStrategy|str="hybrid", # a FusionStrategy or its value
+                 fusion_dim:int=64, # D: width of fused tokens and of the heads
+                 num_attention_heads:int=4, # heads of the cross-modal attention (hybrid, hierarchical)
+                 output_dim:int=2, # C: classes
+                 dropout:float=0.1, # in the heads
+                 label_key:str="label" # which of the batch's labels to learn
+                ):
+        super().__init__()
+        if not isinstance(modality_configs, dict) or len(modality_configs) < 2:
+            raise ValueError(f"modality_configs must map 2 or more modalities to configs, got {modality_configs!r}")
+        try: self.strategy = FusionStrategy(fusion_strategy)
+        except ValueError: raise ValueError(f"unknown fusion_strategy {fusion_strategy!r}; valid: {', '.join(s.value for s in FusionStrategy)}") from None
+        if output_dim < 2: raise ValueError(f"output_dim must be >= 2 classes, got {output_dim}")
+        if fusion_dim < 1 or fusion_dim % num_attention_heads:
+            raise ValueError(f"fusion_dim {fusion_dim} must be positive and divisible by num_attention_heads {num_attention_heads}")
+        self.configs = {m: c if isinstance(c, ModalityConfig) else ModalityConfig(**c) for m, c in modality_configs.items()}
+        self.modalities, self.label_key, self.output_dim = list(self.configs), label_key, output_dim
+        self.options = dict(fusion_strategy=self.strategy.value, fusion_dim=fusion_dim, num_attention_heads=num_attention_heads,
+                            output_dim=output_dim, dropout=dropout, label_key=label_key)
+        D, M, C, S = fusion_dim, len(self.configs), output_dim, self.strategy
+        if S is FusionStrategy.EARLY:
+            self.fronts = nn.ModuleDict({m: SpikingFrontEnd(c) for m, c in self.configs.items()})
+            self.proj = nn.ModuleDict({m: nn.Linear(c.spiking_units, D) for m, c in self.configs.items()})
+            first = next(iter(self.configs.values()))                            # the shared cell is built like the first modality's
+            self.liquid = _liquid(first.backbone, D, D, first.mixed_memory)
+        else:
+            self.encoders = nn.ModuleDict({m: ModalityEncoder(c) for m, c in self.configs.items()})
+        if S in (FusionStrategy.LATE, FusionStrategy.HYBRID):
+            self.late_heads = nn.ModuleDict({m: _head(c.liquid_units, D, C, dropout) for m, c in self.configs.items()})
+            self.logit_weights = nn.Parameter(torch.zeros(M))
+        if S in (FusionStrategy.HYBRID, FusionStrategy.HIERARCHICAL):
+            self.proj = nn.ModuleDict({m: nn.Linear(c.liquid_units, D) for m, c in self.configs.items()})
+        if S is not FusionStrategy.LATE:
+            self.type_emb = nn.Parameter(0.02 * torch.randn(M, D))                 # which modality a token comes from
+            self.head = _head(D, D, C, dropout)
+        if S is FusionStrategy.HYBRID: self.fusion = CrossModalAttentionFusion(self.modalities, D, num_attention_heads)
+        if S is FusionStrategy.HIERARCHICAL:
+            self.levels = nn.ModuleList(CrossModalAttentionFusion(["joint", m], D, num_attention_heads) for m in self.modalities[1:])
+            self.norm = nn.LayerNorm(D)
+
+    def config_dict(self)->dict:
+        "Everything needed to rebuild this model (not its weights)."
+        return dict(modality_configs={m: asdict(c) for m, c in self.configs.items()}, **self.options)
+
+    def _presence(self, inputs:dict, mask:dict)->Tensor: # (B, M) bool
+        missing = [m for m in self.modalities if m not in inputs]
+        if missing: raise KeyError(f"the batch lacks modalities {missing} (it has {sorted(inputs)}); give absent ones zeros and mask them")
+        B = len(inputs[self.modalities[0]])
+        cols = []
+        for m in self.modalities:
+            if len(inputs[m]) != B: raise ValueError(f"modality {m!r} has {len(inputs[m])} rows, {self.modalities[0]!r} has {B}")
+            p = mask.get(m)
+            if p is None: p = torch.ones(B, dtype=torch.bool, device=inputs[m].device)
+            if p.dtype != torch.bool or tuple(p.shape) != (B,):
+                raise ValueError(f"presence mask of {m!r} must be a bool tensor of shape ({B},), got {p.dtype} {tuple(p.shape)}")
+            cols.append(p)
+        return torch.stack(cols, 1)
+
+    def _late(self, feats:dict[str, Tensor], present:Tensor)->tuple[Tensor, Tensor]:
+        per = torch.stack([self.late_heads[m](feats[m]) for m in self.modalities], 1)        # (B, M, C)
+        alpha = _masked_softmax(self.logit_weights.expand(len(per), -1), present)           # (B, M)
+        return (alpha[..., None] * per).sum(1), alpha
+
+    def forward(self, batch, # a collated batch: inputs, mask (presence), pad_mask, labels
+                return_features:bool=False, return_attention:bool=False)->NeuroOutput:
+        inputs, mask, pad_mask, labels = _batch_parts(batch)
+        present = self._presence(inputs, mask)                                     # (B, M)
+        S, att, alpha, feats = self.strategy, {}, None, {}
+        if S is FusionStrategy.EARLY:
+            trains = {m: self.fronts[m](inputs[m], pad_mask.get(m), present[:, i]) for i, m in enumerate(self.modalities)}
+            spikes = sum(trains[m].spikes * present[:, i] for i, m in enumerate(self.modalities))
+            events = torch.cat([self.proj[m](trains[m].rates) + self.type_emb[i] for i, m in enumerate(self.modalities)], 1)
+            keep = torch.cat([trains[m].mask & present[:, i, None] for i, m in enumerate(self.modalities)], 1)
+            ts = torch.cat([trains[m].timespans for m in self.modalities], 1)
+            _, state = self.liquid(events, timespans=ts, mask=keep)                # one state reads every modality in turn
+            state = state[0] if isinstance(state, tuple) else state
+            logits, feats = self.head(state), {"joint": state}
+        else:
+            enc = {m: self.encoders[m](inputs[m], pad_mask.get(m), present[:, i]) for i, m in enumerate(self.modalities)}
+            spikes = sum(enc[m].spikes * present[:, i] for i, m in enumerate(self.modalities))
+            feats = {m: e.pooled * present[:, i, None] for i, (m, e) in enumerate(enc.items())}
+            if S is not FusionStrategy.LATE:
+                toks = {m: self.proj[m](enc[m].tokens) + self.type_emb[i] for i, m in enumerate(self.modalities)}
+                keep = {m: enc[m].mask & present[:, i, None] for i, m in enumerate(self.modalities)}
+            if S in (FusionStrategy.LATE, FusionStrategy.HYBRID): logits, alpha = self._late(feats, present)
+            if S is FusionStrategy.HYBRID:
+                fused, att = self.fusion(toks, keep, need_weights=return_attention)
+                pooled = torch.stack([_masked_mean(fused[m], keep[m]) for m in self.modalities], 1)   # (B, M, D)
+                w = present.to(pooled.dtype) / present.sum(1, keepdim=True).clamp(min=1)
+                logits = logits + self.head((w[..., None] * pooled).sum(1))
+            if S is FusionStrategy.HIERARCHICAL:
+                joint, jkeep = toks[self.modalities[0]], keep[self.modalities[0]]
+                for level, m in zip(self.levels, self.modalities[1:]):
+                    out, w = level({"joint": joint, m: toks[m]}, {"joint": jkeep, m: keep[m]}, need_weights=return_attention)
+                    att.update({f"{k}@{m}": v for k, v in w.items()})
+                    joint, jkeep = torch.cat([out["joint"], out[m]], 1), torch.cat([jkeep, keep[m]], 1)
+                logits = self.head(self.norm(_masked_mean(joint, jkeep)))
+        out = NeuroOutput(logits, spikes=spikes, modality_weights=alpha, features=feats if return_features else None,
+                          attention=att if return_attention else None)
+        if labels is not None:
+            y = labels[self.label_key] if isinstance(labels, dict) else labels
+            out.loss, out.labels = F.cross_entropy(logits.float(), y), y
+        return out

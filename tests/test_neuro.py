@@ -1,0 +1,268 @@
+"Liquid cells and spiking neurons against their reference packages (ncps, snntorch), padding, time, and bad input."
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings as hsettings, strategies as st
+
+from mmlab.neuro import (CfC, LIF, LTC, ModalityConfig, ModalityEncoder, latency_encode, ncps_parity, rate_encode,
+                         snntorch_parity, spike)
+
+ncps_torch = pytest.importorskip("ncps.torch")
+snntorch = pytest.importorskip("snntorch")
+from snntorch import spikegen, surrogate  # noqa: E402
+
+torch.set_num_threads(1)
+FAST = hsettings(max_examples=20, deadline=None)
+
+
+def _per_sample_reference(ref, x, h0, ts, c0=None):
+    "ncps squeezes per-step times to (B,), which breaks batches of several timed sequences: run it one at a time."
+    state = (lambda i: (h0[i:i + 1], c0[i:i + 1])) if c0 is not None else (lambda i: h0[i:i + 1])
+    outs = [ref(x[i:i + 1], state(i), ts[i:i + 1, :, None]) for i in range(len(x))]
+    cat = lambda o: torch.cat(o, -1) if isinstance(o, tuple) else o
+    return torch.cat([o[0] for o in outs]), torch.cat([cat(o[1]) for o in outs])
+
+
+@FAST
+@given(B=st.integers(1, 3), L=st.integers(1, 6), I=st.integers(1, 4), H=st.integers(1, 6),
+       mode=st.sampled_from(["default", "no_gate", "pure"]), layers=st.integers(0, 2), bu=st.integers(1, 9),
+       act=st.sampled_from(["lecun_tanh", "relu", "gelu", "silu", "tanh"]), seed=st.integers(0, 10_000),
+       tmax=st.floats(0.0, 6.0), mixed=st.booleans())
+def test_cfc_equals_ncps_on_irregular_times(B, L, I, H, mode, layers, bu, act, seed, tmax, mixed):
+    g = torch.Generator().manual_seed(seed)
+    x, h0, ts = torch.randn(B, L, I, generator=g), torch.randn(B, H, generator=g), tmax * torch.rand(B, L, generator=g)
+    c0 = torch.randn(B, H, generator=g) if mixed else None
+    torch.manual_seed(seed)
+    ref = ncps_torch.CfC(I, H, mode=mode, activation=act, backbone_units=bu, backbone_layers=layers, mixed_memory=mixed)
+    ours = CfC.from_ncps(ref)
+    y_ref, h_ref = _per_sample_reference(ref, x, h0, ts, c0)
+    y, h = ours(x, (h0, c0) if mixed else h0, ts)
+    if mixed: h = torch.cat(h, -1)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
+
+
+@FAST
+@given(B=st.integers(1, 3), L=st.integers(1, 5), I=st.integers(1, 4), H=st.integers(1, 6), unfolds=st.integers(1, 6),
+       seed=st.integers(0, 10_000), tmin=st.floats(0.01, 1.0), scale=st.floats(0.1, 5.0), mixed=st.booleans())
+def test_ltc_equals_ncps_on_irregular_times(B, L, I, H, unfolds, seed, tmin, scale, mixed):
+    g = torch.Generator().manual_seed(seed)
+    x, h0 = torch.randn(B, L, I, generator=g), 0.3 * torch.randn(B, H, generator=g)
+    ts = tmin + scale * torch.rand(B, L, generator=g)
+    c0 = torch.randn(B, H, generator=g) if mixed else None
+    torch.manual_seed(seed)
+    ref = ncps_torch.LTC(I, H, ode_unfolds=unfolds, mixed_memory=mixed)
+    ours = LTC.from_ncps(ref)
+    y_ref, h_ref = _per_sample_reference(ref, x, h0, ts, c0)
+    y, h = ours(x, (h0, c0) if mixed else h0, ts)
+    if mixed: h = torch.cat(h, -1)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind,options", [("cfc", {}), ("cfc", {"mode": "pure"}), ("cfc", {"backbone_layers": 2}),
+                                          ("cfc", {"mixed_memory": True}), ("ltc", {}), ("ltc", {"ode_unfolds": 3}),
+                                          ("ltc", {"mixed_memory": True})])
+def test_parity_helper_gaps_are_tiny_including_gradients(kind, options):
+    gaps = ncps_parity(kind, backbone_units=16, **options) if kind == "cfc" else ncps_parity(kind, **options)
+    assert set(gaps) == {"output", "state", "input_grad"} and max(gaps.values()) < 1e-5
+
+
+def test_from_ncps_copies_weights_and_refuses_what_it_does_not_reproduce():
+    torch.manual_seed(0)
+    ref = ncps_torch.CfC(3, 4, backbone_units=5, backbone_layers=2)
+    ours = CfC.from_ncps(ref)
+    for (k, v), (k2, v2) in zip(ref.state_dict().items(), ours.state_dict().items()):
+        assert torch.equal(v, v2), (k, k2)
+    from ncps.wirings import AutoNCP
+    for bad in (ncps_torch.CfC(3, 4, proj_size=2), ncps_torch.CfC(3, AutoNCP(8, 2)),
+                ncps_torch.CfC(3, 4, backbone_layers=2, backbone_dropout=0.5), ncps_torch.CfC(3, 4, batch_first=False)):
+        with pytest.raises(ValueError, match="CfC.from_ncps"): CfC.from_ncps(bad)
+    for bad in (ncps_torch.LTC(3, 4, implicit_param_constraints=False),
+                ncps_torch.LTC(3, AutoNCP(8, 2)), ncps_torch.LTC(3, 4, input_mapping="linear")):
+        with pytest.raises(ValueError, match="LTC.from_ncps"): LTC.from_ncps(bad)
+    ltc_ref = ncps_torch.LTC(2, 3)
+    ltc = LTC.from_ncps(ltc_ref)
+    assert torch.equal(ltc.cell.erev, ltc_ref.rnn_cell.erev) and ltc.cell.ode_unfolds == 6
+
+
+@pytest.mark.parametrize("cls,mixed", [(CfC, False), (LTC, False), (CfC, True)])
+def test_padding_holds_the_state_and_batch_rows_are_independent(cls, mixed):
+    torch.manual_seed(0)
+    net = cls(3, 5, mixed_memory=mixed)
+    lengths = [4, 1, 6]
+    x, ts = torch.randn(3, 6, 3), 0.2 + torch.rand(3, 6)
+    mask = torch.arange(6)[None] < torch.tensor(lengths)[:, None]
+    y, h = net(x, timespans=ts, mask=mask)
+    flat = lambda s: torch.cat(s, -1) if isinstance(s, tuple) else s
+    h = flat(h)
+    for i, n in enumerate(lengths):
+        yi, hi = net(x[i:i + 1, :n], timespans=ts[i:i + 1, :n])
+        hi = flat(hi)
+        torch.testing.assert_close(h[i], hi[0], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(y[i, :n], yi[0], atol=1e-6, rtol=1e-6)
+        if n < 6: torch.testing.assert_close(y[i, n:], yi[0, -1:].expand(6 - n, -1), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cls", [CfC, LTC])
+def test_timespans_forms_agree_and_time_changes_the_result(cls):
+    torch.manual_seed(1)
+    net, x = cls(2, 4), torch.randn(2, 5, 2)
+    base = net(x)[0]
+    for same in (1.0, torch.ones(5), torch.ones(2, 5), torch.ones(2, 5, 1)):
+        torch.testing.assert_close(net(x, timespans=same)[0], base)
+    assert not torch.allclose(net(x, timespans=3.0)[0], base, atol=1e-3)
+    torch.testing.assert_close(net(x, timespans=torch.full((2, 5), 0.5))[0], net(x, timespans=0.5)[0])
+
+
+def test_cfc_elapsed_time_enters_only_through_the_gate():
+    "At dt -> inf the default CfC state tends to one head or the other, unit by unit, following the sign of time_a."
+    torch.manual_seed(2)
+    cell = CfC(2, 3, backbone_units=4).cell
+    x, h = torch.randn(1, 2), torch.zeros(1, 3)
+    z = cell.backbone(torch.cat([x, h], -1))
+    f, g, a = torch.tanh(cell.ff1(z)), torch.tanh(cell.ff2(z)), cell.time_a(z)
+    far = cell(x, h, torch.tensor([[1e4]]))[1]
+    torch.testing.assert_close(far, torch.where(a > 0, g, f))
+    pure = CfC(2, 3, mode="pure", backbone_units=4).cell
+    torch.testing.assert_close(pure(x, h, torch.tensor([[1e4]]))[1], pure.A.expand(1, 3))   # relaxes to A
+
+
+def test_liquid_cells_refuse_bad_input():
+    net, ltc = CfC(3, 4), LTC(3, 4)
+    for kw, msg in [(dict(x=torch.randn(5, 3)), "batch-first"), (dict(x=torch.randn(2, 5, 4)), r"\(B, L, 3\)"),
+                    (dict(x=torch.randint(0, 3, (2, 5, 3))), "float"), (dict(x=torch.randn(2, 0, 3)), "L = 0"),
+                    (dict(x=torch.randn(2, 5, 3), hx=torch.zeros(2, 3)), "hx"),
+                    (dict(x=torch.randn(2, 5, 3), timespans=torch.ones(2, 4)), "timespans"),
+                    (dict(x=torch.randn(2, 5, 3), timespans=-1.0), ">= 0"),
+                    (dict(x=torch.randn(2, 5, 3), timespans=float("nan")), "finite"),
+                    (dict(x=torch.randn(2, 5, 3), mask=torch.ones(2, 5)), "mask")]:
+        with pytest.raises(ValueError, match=msg): net(**kw)
+    with pytest.raises(ValueError, match="> 0"): ltc(torch.randn(2, 5, 3), timespans=0.0)
+    ltc(torch.randn(2, 5, 3), timespans=torch.zeros(2, 5), mask=torch.zeros(2, 5, dtype=torch.bool))   # padding may have any time
+    with pytest.raises(ValueError, match="mode"): CfC(3, 4, mode="fast")
+    with pytest.raises(ValueError, match="activation"): CfC(3, 4, activation="swish")
+    with pytest.raises(ValueError, match=">= 1"): LTC(0, 4)
+    mixed = CfC(3, 4, mixed_memory=True)
+    with pytest.raises(ValueError, match="pair"): mixed(torch.randn(2, 5, 3), hx=torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="hx"): mixed(torch.randn(2, 5, 3), hx=(torch.zeros(2, 4), torch.zeros(3, 4)))
+
+
+def _snn_run(ref, cur):
+    mem, spk, mems = ref.init_leaky(), [], []
+    for t in range(cur.shape[1]):
+        s, mem = ref(cur[:, t], mem); spk.append(s); mems.append(mem)
+    return torch.stack(spk, 1), torch.stack(mems, 1)
+
+
+@FAST
+@given(beta=st.floats(0.0, 1.0), threshold=st.floats(0.1, 3.0), reset=st.sampled_from(["subtract", "zero"]),
+       sur=st.sampled_from(["atan", "fast_sigmoid"]), scale=st.floats(0.5, 30.0), T=st.integers(1, 40),
+       seed=st.integers(0, 10_000), mean=st.floats(-0.5, 1.5))
+def test_lif_equals_snntorch_leaky(beta, threshold, reset, sur, scale, T, seed, mean):
+    g = torch.Generator().manual_seed(seed)
+    cur = mean * threshold + 0.7 * threshold * torch.randn(3, T, 5, generator=g)
+    grad = surrogate.atan(alpha=scale) if sur == "atan" else surrogate.fast_sigmoid(slope=scale)
+    ref = snntorch.Leaky(beta=beta, threshold=threshold, reset_mechanism=reset, spike_grad=grad)
+    ours = LIF(beta, threshold, reset, sur, scale)
+    cr, co = cur.clone().requires_grad_(True), cur.clone().requires_grad_(True)
+    s_ref, m_ref = _snn_run(ref, cr)
+    s, m = ours.unroll(co)
+    torch.testing.assert_close(m, m_ref, atol=1e-5, rtol=1e-5)
+    assert torch.equal(s, s_ref)
+    w = torch.linspace(0.5, 2.0, T)[None, :, None]
+    (w * s_ref + 0.1 * m_ref).sum().backward(); (w * s + 0.1 * m).sum().backward()
+    torch.testing.assert_close(co.grad, cr.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_lif_parity_helper_and_hand_values():
+    for r in ("subtract", "zero"):
+        gaps = snntorch_parity(reset_mechanism=r)
+        assert gaps["membrane"] < 1e-6 and gaps["spike_mismatches"] == 0 and gaps["spikes"] > 100 and gaps["input_grad"] < 1e-6
+    spk, mem = LIF(0.5).unroll(torch.full((1, 4, 1), 0.8))
+    assert mem.flatten().tolist() == pytest.approx([0.8, 1.2, 0.4, 1.0]) and spk.flatten().tolist() == [0, 1, 0, 0]
+    spk, mem = LIF(0.5, threshold=2.0).unroll(torch.full((1, 3, 1), 1.5))
+    assert mem.flatten().tolist() == pytest.approx([1.5, 2.25, 0.625]) and spk.flatten().tolist() == [0, 1, 0]
+    s, m = LIF(1.0)(torch.tensor([0.3]), torch.tensor([0.9]))       # no leak: 0.9 + 0.3 crosses 1
+    assert s.item() == 1 and m.item() == pytest.approx(1.2)
+
+
+def test_surrogate_gradients_and_errors():
+    u = torch.linspace(-2, 2, 9, requires_grad=True)
+    spike(u, "fast_sigmoid", 5.0).sum().backward()
+    torch.testing.assert_close(u.grad, 1 / (5 * u.detach().abs() + 1) ** 2)
+    u.grad = None
+    spike(u, "atan", 3.0).sum().backward()
+    torch.testing.assert_close(u.grad, 1.5 / (1 + (math.pi * 1.5 * u.detach()) ** 2))
+    assert spike(torch.tensor([0.0, 1e-6], dtype=torch.bfloat16)).dtype == torch.bfloat16
+    for kw, msg in [(dict(beta=-0.1), "beta"), (dict(beta=0.5, threshold=-1), "threshold"),
+                    (dict(beta=0.5, reset_mechanism="none"), "reset_mechanism"), (dict(beta=0.5, surrogate="step"), "surrogate")]:
+        with pytest.raises(ValueError, match=msg): LIF(**kw)
+    with pytest.raises(ValueError, match="shape"): LIF(0.5)(torch.zeros(2, 3), torch.zeros(3))
+
+
+@FAST
+@given(K=st.integers(1, 30), seed=st.integers(0, 10_000), shape=st.sampled_from([(4,), (3, 5), (2, 3, 4)]))
+def test_rate_coding_equals_spikegen_rate_draw_for_draw(K, seed, shape):
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+    torch.manual_seed(seed); ours = rate_encode(x, K)
+    torch.manual_seed(seed); ref = spikegen.rate(x, num_steps=K)
+    assert ours.shape == (shape[0], K, *shape[1:]) and torch.equal(ours, ref.movedim(0, 1))
+
+
+@FAST
+@given(K=st.integers(2, 30), seed=st.integers(0, 10_000), thr=st.floats(0.001, 0.9), clip=st.booleans())
+def test_latency_coding_equals_spikegen_latency(K, seed, thr, clip):
+    x = torch.rand(4, 6, generator=torch.Generator().manual_seed(seed))
+    x[0, :3] = torch.tensor([0.0, 1.0, thr / 2])
+    ours = latency_encode(x, K, threshold=thr, clip=clip)
+    ref = spikegen.latency(x, num_steps=K, threshold=thr, linear=True, normalize=True, clip=clip)
+    assert torch.equal(ours, ref.movedim(0, 1))
+    assert (ours.sum(1) <= 1).all() and (clip or (ours.sum(1) == 1).all())
+
+
+def test_spike_coding_statistics_and_errors():
+    x = torch.rand(4000, 1)
+    g = torch.Generator().manual_seed(0)
+    assert abs(rate_encode(x, 40, g).mean().item() - x.mean().item()) < 0.01
+    lat = latency_encode(torch.tensor([[1.0, 0.75, 0.5, 0.25, 0.0]]), 5)[0]
+    assert lat.argmax(0).tolist() == [0, 1, 2, 3, 4] and lat.sum().item() == 5
+    for f, args, msg in [(rate_encode, (torch.tensor([[1.2]]), 3), r"\[0, 1\]"), (rate_encode, (torch.tensor([[0.2]]), 0), "num_steps"),
+                         (latency_encode, (torch.tensor([[0.2]]), 1), "num_steps"), (latency_encode, (torch.tensor([[0.2]]), 4, 1.0), "threshold"),
+                         (rate_encode, (torch.tensor([1, 0]), 3), "float")]:
+        with pytest.raises(ValueError, match=msg): f(*args)
+
+
+@pytest.mark.parametrize("backbone", ["cfc", "ltc"])
+def test_modality_encoder_padding_time_and_spike_count(backbone):
+    torch.manual_seed(0)
+    enc = ModalityEncoder(kind="sensor", in_channels=3, time_channel=0, time_scale=0.1, backbone=backbone, liquid_units=8,
+                          spiking_units=6, encoder_dim=5, num_spike_steps=3)
+    t = torch.cumsum(0.05 + 0.1 * torch.rand(2, 7), 1)
+    x = torch.cat([t[..., None], 3 * torch.randn(2, 7, 2)], -1)
+    out = enc(x)
+    st_ = enc.spike_train(x)
+    assert out.pooled.shape == (2, 8) and out.tokens.shape == (2, 7, 8)
+    assert torch.allclose(st_.rates * 3, (st_.rates * 3).round()) and st_.rates.max() <= 1
+    assert torch.allclose(out.spikes, st_.rates.sum((1, 2)) * 3) and out.spikes.sum() > 0 and torch.equal(out.spikes, out.spikes.round())
+    torch.testing.assert_close(st_.timespans, torch.diff(t, prepend=torch.zeros(2, 1)) / 0.1)
+    padded = torch.cat([x, torch.randn(2, 3, 3)], 1)
+    mask = torch.arange(10)[None] < 7
+    out2 = enc(padded, mask.expand(2, -1))
+    torch.testing.assert_close(out2.pooled, out.pooled, atol=1e-6, rtol=1e-6)
+    assert torch.equal(out2.spikes, out.spikes)
+    bad = x.clone(); bad[0, 3, 0] = 0.0
+    with pytest.raises(ValueError, match="must not decrease"): enc(bad)
+
+
+def test_modality_config_refuses_bad_values():
+    for kw, msg in [(dict(kind="lidar"), "kind"), (dict(kind="vision", backbone="lstm"), "backbone"),
+                    (dict(kind="vision", liquid_units=0), "liquid_units"), (dict(kind="text"), "vocab_size"),
+                    (dict(kind="sensor", in_channels=3, time_channel=3), "time_channel"),
+                    (dict(kind="sensor", in_channels=3, time_scale=0), "time_scale")]:
+        with pytest.raises(ValueError, match=msg): ModalityConfig(**kw)
+    enc = ModalityEncoder(ModalityConfig(kind="text", vocab_size=10), liquid_units=4)
+    assert enc.out_dim == 4 and enc.config.vocab_size == 10
+    with pytest.raises(ValueError, match="token ids"): enc(torch.randint(0, 20, (2, 3)))
+    with pytest.raises(ValueError, match="integer"): enc(torch.rand(2, 3))
