@@ -121,6 +121,9 @@ def test_robot_navigation_irregular_sampling_bunches_readings_and_drop_hides_mod
     gaps = {m: np.concatenate([np.diff(np.asarray(r["sensor"])[:, 0]) for r in make_robot_navigation(100, seed=0, sampling=m, cache=False)])
             for m in ("regular", "irregular")}
     assert gaps["irregular"].std() > 3 * gaps["regular"].std()
+    reg, irr = (make_robot_navigation(30, seed=4, sampling=m, cache=False) for m in ("regular", "irregular"))
+    for col in ("label", "goal_bearing", "yaw_change", "goal_distance"): assert reg[col] == irr[col]   # same scenes
+    assert [len(s) for s in reg["sensor"]] == [len(s) for s in irr["sensor"]] and reg["sensor"] != irr["sensor"]
     ds = make_robot_navigation(200, seed=0, drop={"image": 0.5}, cache=False)
     has = np.asarray(ds["has_image"])
     assert 0.3 < has.mean() < 0.7 and all((r["image"] is None) == (not r["has_image"]) for r in ds)

@@ -519,6 +519,9 @@ def make_robot_navigation(n:int, # number of samples
     right if the goal is more than 15 degrees off the heading (bearings within `margin` of 15 degrees are redrawn);
     else forward.
 
+    The reading times come from their own random stream, so the same `seed` gives the same scenes, readings counts
+    and noise with `sampling="regular"` and `"irregular"`: only when the readings were taken differs.
+
     Columns: `sample_id`; `image` (PIL RGB or None); `sensor` (float32 list of readings, each ROBOT_CHANNELS: time in
     s, yaw rate rad/s, accelerations m/s^2, five ranges m; or None); `sampling_rate` (int, mean readings per second);
     `label` (int, ROBOT_ACTIONS); `goal_bearing` (camera, degrees, positive = left), `yaw_change` (degrees turned
@@ -535,6 +538,7 @@ def make_robot_navigation(n:int, # number of samples
     def build():
         import datasets
         rng = np.random.default_rng(seed)
+        time_rng = np.random.default_rng([seed, 1])    # reading times alone: both samplings show the same scenes
         has = _drop_mask(n, drop_p, rng)
         cols = {k: [] for k in ("image", "sensor", "label", "goal_bearing", "yaw_change", "bearing_now", "goal_distance",
                                 "front_clearance", "sampling_rate")}
@@ -547,7 +551,7 @@ def make_robot_navigation(n:int, # number of samples
             while abs(abs(bearing - turned) - _ROBOT_TURN) < margin: bearing = rng.uniform(-40, 40)   # a clear best action
             ranges = _robot_ranges(rng, obstacle)
             k = int(rng.integers(lo, hi + 1))
-            t = _robot_times(k, window, sampling, rng)
+            t = _robot_times(k, window, sampling, time_rng)
             w = rate(t)
             speed = .5
             acc = np.stack([rng.normal(0, .05, k), speed * w + rng.normal(0, .05, k)], 1)     # forward, centripetal
