@@ -497,7 +497,7 @@ def _robot_camera(bearing:float, distance:float, rng:np.random.Generator, size:i
 def make_robot_navigation(n:int, # number of samples
                           seed:int=0, # seed of the one random generator used
                           sampling:str="regular", # 'regular' (evenly spaced, 10% jitter) or 'irregular' (half the readings in one burst)
-                          readings:tuple[int, int]=(16, 32), # the number of sensor readings is drawn from this range (inclusive)
+                          readings:tuple[int, int]=(8, 16), # the number of sensor readings is drawn from this range (inclusive)
                           window:float=1.0, # seconds covered by the sensor readings
                           p_obstacle:float=.3, # P(an obstacle ahead closer than the safety distance)
                           p_goal_close:float=.15, # P(the goal is close enough to stop), when there is no obstacle
