@@ -14,21 +14,26 @@ budget against the plain encoders of chapter 04."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import MultiHeadCrossAttention
+from .attention import BlockConfig, TransformerBlock
+from .data.schema import LABEL_KEY, Batch
+from .data.synth import ROBOT_ACTIONS, ROBOT_CHANNELS
 from .fusion import LogMel
+from .train import ClassifierOutput
 
 # %% auto #0
-__all__ = ['CFC_ACTIVATIONS', 'CFC_MODES', 'SURROGATES', 'RESETS', 'ENCODER_KINDS', 'LIQUID_CELLS', 'LTCCell', 'LTC', 'LeCunTanh',
-           'CfCCell', 'CfC', 'MixedMemory', 'ncps_parity', 'SpikeFunction', 'spike', 'LIF', 'snntorch_parity',
-           'rate_encode', 'latency_encode', 'ModalityConfig', 'SpikeTrain', 'EncoderOutput', 'SpikingFrontEnd',
-           'ModalityEncoder', 'CrossModalAttentionFusion', 'FusionStrategy', 'NeuroOutput', 'MultiModalFusionNetwork']
+__all__ = ['CFC_ACTIVATIONS', 'CFC_MODES', 'SURROGATES', 'RESETS', 'ENCODER_KINDS', 'LIQUID_CELLS', 'ROBOT_TIME_SCALE', 'LTCCell',
+           'LTC', 'LeCunTanh', 'CfCCell', 'CfC', 'MixedMemory', 'ncps_parity', 'SpikeFunction', 'spike', 'LIF',
+           'snntorch_parity', 'rate_encode', 'latency_encode', 'ModalityConfig', 'SpikeTrain', 'EncoderOutput',
+           'SpikingFrontEnd', 'ModalityEncoder', 'CrossModalAttentionFusion', 'FusionStrategy', 'NeuroOutput',
+           'FusionNetworkConfig', 'MultiModalFusionNetwork', 'VisionLanguageModel', 'AudioVideoModel',
+           'RobotMultiSensorModel', 'TriModalModel']
 
 # %% ../nbs/05_liquid_spiking.ipynb #4cac1f9d
 class _TimedRNN(nn.Module):
@@ -547,6 +552,7 @@ class SpikingFrontEnd(nn.Module):
         super().__init__()
         self.config = cfg
         self.pre = _Preprocess(cfg)
+        self.norm = nn.LayerNorm(cfg.encoder_dim)                                # unit-scale features: a useful share of neurons fire from the start
         self.current = nn.Linear(cfg.encoder_dim, cfg.spiking_units)
         self.lif = LIF(cfg.beta, cfg.threshold)
 
@@ -561,7 +567,7 @@ class SpikingFrontEnd(nn.Module):
                 pad_mask = (torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask) & present[:, None]
         seq, mask, ts = self.pre(x, pad_mask)                                   # (B, L, d), (B, L), (B, L)
         if present is not None: mask = mask & present[:, None]
-        cur = self.current(seq) * mask[..., None]                                # (B, L, S) no current at padding
+        cur = self.current(self.norm(seq)) * mask[..., None]                     # (B, L, S) no current at padding
         K, mem, count = self.config.num_spike_steps, None, 0.0
         for _ in range(K):                                                       # every reading at once, from rest
             s, mem = self.lif(cur, mem); count = count + s
@@ -591,19 +597,7 @@ class ModalityEncoder(nn.Module):
         pooled = state[0] if isinstance(state, tuple) else state
         return EncoderOutput(tokens, pooled, st.mask, st.spikes)
 
-# %% ../nbs/05_liquid_spiking.ipynb #a73353d8
-class _CrossBlock(nn.Module):
-    "Pre-norm cross-attention block: x += MHA(LN(x), context); x += MLP(LN(x))."
-    def __init__(self, dim:int, num_heads:int, dropout:float=0.0):
-        super().__init__()
-        self.norm_q, self.norm_kv, self.norm_mlp = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = MultiHeadCrossAttention(dim, num_heads, dropout=dropout)
-        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
-    def forward(self, x, context, context_mask, need_weights=False):
-        a = self.attn(self.norm_q(x), self.norm_kv(context), mask=context_mask, need_weights=need_weights)
-        x = x + a.output
-        return x + self.mlp(self.norm_mlp(x)), a.weights
-
+# %% ../nbs/05_liquid_spiking.ipynb #0969c1fb
 class CrossModalAttentionFusion(nn.Module):
     "Each modality's tokens attend to the tokens of every other present modality, all in parallel."
     def __init__(self, modalities:list[str], # names of the token streams, 2 or more
@@ -612,7 +606,8 @@ class CrossModalAttentionFusion(nn.Module):
         super().__init__()
         if len(set(modalities)) < 2: raise ValueError(f"cross-modal fusion needs 2 or more modalities, got {modalities}")
         self.modalities = list(modalities)
-        self.blocks = nn.ModuleDict({m: _CrossBlock(dim, num_heads, dropout) for m in self.modalities})
+        cfg = BlockConfig(dim=dim, heads=num_heads, mlp_dim=2 * dim, dropout=dropout, cross_dim=dim, self_attention=False)
+        self.blocks = nn.ModuleDict({m: TransformerBlock(cfg) for m in self.modalities})   # the course's one block
 
     def forward(self, tokens:dict[str, Tensor], # modality -> (B, L_m, D)
                 masks:dict[str, Tensor], # modality -> (B, L_m) bool: real tokens of present modalities
@@ -625,8 +620,9 @@ class CrossModalAttentionFusion(nn.Module):
             others = [o for o in self.modalities if o != m]
             ctx = torch.cat([tokens[o] for o in others], 1)                        # (B, sum L_o, D)
             ctx_mask = torch.cat([masks[o] for o in others], 1)                    # (B, sum L_o)
-            out[m], w = self.blocks[m](tokens[m], ctx, ctx_mask, need_weights)
-            if w is not None: weights[m] = w
+            r = self.blocks[m](tokens[m], context=ctx, context_mask=ctx_mask, need_weights=need_weights)
+            out[m] = r.hidden
+            if r.cross_weights is not None: weights[m] = r.cross_weights
         return out, weights
 
 # %% ../nbs/05_liquid_spiking.ipynb #0e7627e5
@@ -638,11 +634,8 @@ class FusionStrategy(str, Enum):
     HIERARCHICAL = "hierarchical"
 
 @dataclass
-class NeuroOutput:
-    "What MultiModalFusionNetwork returns."
-    logits: Tensor                                  # (B, C)
-    loss: Tensor|None = None                        # cross-entropy, when the batch has labels
-    labels: Tensor|None = None                      # (B,) the targets the loss was computed against
+class NeuroOutput(ClassifierOutput):
+    "What MultiModalFusionNetwork returns: logits, loss and labels, and the spikes it took."
     spikes: Tensor|None = None                      # (B,) spikes emitted per sample by the present modalities
     features: dict[str, Tensor]|None = None         # modality -> (B, H) liquid state (early: the shared one), on request
     attention: dict[str, Tensor]|None = None        # stream -> (B, heads, Lq, Lk) cross-modal weights, on request
@@ -658,13 +651,17 @@ def _masked_mean(x:Tensor, keep:Tensor)->Tensor:              # (B, L, D), (B, L
     k = keep.to(x.dtype)[..., None]
     return (x * k).sum(1) / k.sum(1).clamp(min=1.0)
 
-# %% ../nbs/05_liquid_spiking.ipynb #0017bdd1
-def _batch_parts(batch)->tuple[dict, dict, dict, object]:
-    "inputs, presence masks, padding masks and labels of a collated batch."
-    get = (lambda k: batch.get(k)) if isinstance(batch, dict) else (lambda k: getattr(batch, k, None))
-    inputs = get("inputs")
-    if not isinstance(inputs, dict): raise TypeError(f"expected a collated batch with an `inputs` dict, got {type(batch).__name__}")
-    return inputs, get("mask") or {}, get("pad_mask") or {}, get("labels")
+# %% ../nbs/05_liquid_spiking.ipynb #d831874c
+@dataclass
+class FusionNetworkConfig:
+    "Everything needed to rebuild a MultiModalFusionNetwork (not its weights)."
+    modality_configs: dict[str, dict]   # modality -> asdict(ModalityConfig)
+    fusion_strategy: str = "hybrid"     # a FusionStrategy value
+    fusion_dim: int = 64                # D
+    num_attention_heads: int = 4
+    output_dim: int = 2                 # C
+    dropout: float = 0.1
+    label_key: str = LABEL_KEY
 
 class MultiModalFusionNetwork(nn.Module):
     "A spiking-then-liquid encoder per modality, fused early, late, hybrid or hierarchically; forward(batch) -> NeuroOutput."
@@ -674,7 +671,7 @@ class MultiModalFusionNetwork(nn.Module):
                  num_attention_heads:int=4, # heads of the cross-modal attention (hybrid, hierarchical)
                  output_dim:int=2, # C: classes
                  dropout:float=0.1, # in the heads
-                 label_key:str="label" # which of the batch's labels to learn
+                 label_key:str=LABEL_KEY # which of the batch's labels to learn
                 ):
         super().__init__()
         if not isinstance(modality_configs, dict) or len(modality_configs) < 2:
@@ -686,8 +683,8 @@ class MultiModalFusionNetwork(nn.Module):
             raise ValueError(f"fusion_dim {fusion_dim} must be positive and divisible by num_attention_heads {num_attention_heads}")
         self.configs = {m: c if isinstance(c, ModalityConfig) else ModalityConfig(**c) for m, c in modality_configs.items()}
         self.modalities, self.label_key, self.output_dim = list(self.configs), label_key, output_dim
-        self.options = dict(fusion_strategy=self.strategy.value, fusion_dim=fusion_dim, num_attention_heads=num_attention_heads,
-                            output_dim=output_dim, dropout=dropout, label_key=label_key)
+        self.config = FusionNetworkConfig({m: asdict(c) for m, c in self.configs.items()}, self.strategy.value, fusion_dim,
+                                          num_attention_heads, output_dim, dropout, label_key)
         D, M, C, S = fusion_dim, len(self.configs), output_dim, self.strategy
         if S is FusionStrategy.EARLY:
             self.fronts = nn.ModuleDict({m: SpikingFrontEnd(c) for m, c in self.configs.items()})
@@ -709,9 +706,10 @@ class MultiModalFusionNetwork(nn.Module):
             self.levels = nn.ModuleList(CrossModalAttentionFusion(["joint", m], D, num_attention_heads) for m in self.modalities[1:])
             self.norm = nn.LayerNorm(D)
 
-    def config_dict(self)->dict:
-        "Everything needed to rebuild this model (not its weights)."
-        return dict(modality_configs={m: asdict(c) for m, c in self.configs.items()}, **self.options)
+    @classmethod
+    def from_config(cls, config:FusionNetworkConfig|dict)->"MultiModalFusionNetwork":
+        "Rebuild a network from its config (or `asdict` of it, as checkpoints store it)."
+        return cls(**asdict(config)) if isinstance(config, FusionNetworkConfig) else cls(**config)
 
     def _presence(self, inputs:dict, mask:dict)->Tensor: # (B, M) bool
         missing = [m for m in self.modalities if m not in inputs]
@@ -732,9 +730,10 @@ class MultiModalFusionNetwork(nn.Module):
         alpha = _masked_softmax(self.logit_weights.expand(len(per), -1), present)           # (B, M)
         return (alpha[..., None] * per).sum(1), alpha
 
-    def forward(self, batch, # a collated batch: inputs, mask (presence), pad_mask, labels
+    def forward(self, batch:Batch, # from mmlab.data.schema.collate: inputs, presence masks, padding masks, labels
                 return_features:bool=False, return_attention:bool=False)->NeuroOutput:
-        inputs, mask, pad_mask, labels = _batch_parts(batch)
+        if not isinstance(batch, Batch): raise TypeError(f"MultiModalFusionNetwork takes a Batch (mmlab.data.schema.collate), got {type(batch).__name__}")
+        inputs, mask, pad_mask = batch.inputs, batch.mask, batch.pad_mask
         present = self._presence(inputs, mask)                                     # (B, M)
         S, att, alpha, feats = self.strategy, {}, None, {}
         if S is FusionStrategy.EARLY:
@@ -765,10 +764,53 @@ class MultiModalFusionNetwork(nn.Module):
                     out, w = level({"joint": joint, m: toks[m]}, {"joint": jkeep, m: keep[m]}, need_weights=return_attention)
                     att.update({f"{k}@{m}": v for k, v in w.items()})
                     joint, jkeep = torch.cat([out["joint"], out[m]], 1), torch.cat([jkeep, keep[m]], 1)
-                logits = self.head(self.norm(_masked_mean(joint, jkeep)))
+                sizes = [toks[m].shape[1] for m in self.modalities]                 # the joint stream, modality by modality
+                pooled = torch.stack([_masked_mean(t, k) for t, k in zip(joint.split(sizes, 1), jkeep.split(sizes, 1))], 1)
+                w = present.to(pooled.dtype) / present.sum(1, keepdim=True).clamp(min=1)
+                logits = self.head(self.norm((w[..., None] * pooled).sum(1)))
         out = NeuroOutput(logits, spikes=spikes, modality_weights=alpha, features=feats if return_features else None,
                           attention=att if return_attention else None)
-        if labels is not None:
-            y = labels[self.label_key] if isinstance(labels, dict) else labels
-            out.loss, out.labels = F.cross_entropy(logits.float(), y), y
+        if self.label_key in batch.labels:
+            out.labels = batch.target(self.label_key)
+            out.loss = F.cross_entropy(logits.float(), out.labels)
         return out
+
+# %% ../nbs/05_liquid_spiking.ipynb #b9757815
+ROBOT_TIME_SCALE = 1 / 12    # the robot sensors' nominal reading period (s): 12 readings per second on average
+
+def _app_configs(specs:dict[str, dict], encoder_options:dict|None)->dict[str, ModalityConfig]:
+    return {m: ModalityConfig(**{**spec, **(encoder_options or {})}) for m, spec in specs.items()}
+
+class VisionLanguageModel(MultiModalFusionNetwork):
+    "Image + text -> class (e.g. sentiment from a face and a sentence)."
+    def __init__(self, vocab_size:int, output_dim:int, image_channels:int=3, fusion_strategy:str="hybrid",
+                 encoder_options:dict|None=None, **options):
+        super().__init__(_app_configs({"vision": dict(kind="vision", in_channels=image_channels),
+                                       "text": dict(kind="text", vocab_size=vocab_size)}, encoder_options),
+                         fusion_strategy, output_dim=output_dim, **options)
+
+class AudioVideoModel(MultiModalFusionNetwork):
+    "A camera frame + a sound -> class (e.g. a digit seen and heard)."
+    def __init__(self, output_dim:int, image_channels:int=1, sample_rate:int=8000, fusion_strategy:str="hybrid",
+                 encoder_options:dict|None=None, **options):
+        super().__init__(_app_configs({"vision": dict(kind="vision", in_channels=image_channels),
+                                       "audio": dict(kind="audio", sample_rate=sample_rate)}, encoder_options),
+                         fusion_strategy, output_dim=output_dim, **options)
+
+class RobotMultiSensorModel(MultiModalFusionNetwork):
+    "A camera frame + timed sensor readings (time, gyro, accelerometer, ranges) -> action."
+    def __init__(self, output_dim:int=len(ROBOT_ACTIONS), sensor_channels:int=len(ROBOT_CHANNELS), image_channels:int=3,
+                 time_scale:float=ROBOT_TIME_SCALE, fusion_strategy:str="hybrid", encoder_options:dict|None=None, **options):
+        super().__init__(_app_configs({"vision": dict(kind="vision", in_channels=image_channels),
+                                       "sensor": dict(kind="sensor", in_channels=sensor_channels, time_channel=0,
+                                                      time_scale=time_scale)}, encoder_options),
+                         fusion_strategy, output_dim=output_dim, **options)
+
+class TriModalModel(MultiModalFusionNetwork):
+    "Image + sound + text -> class."
+    def __init__(self, vocab_size:int, output_dim:int, image_channels:int=3, sample_rate:int=8000,
+                 fusion_strategy:str="hybrid", encoder_options:dict|None=None, **options):
+        super().__init__(_app_configs({"vision": dict(kind="vision", in_channels=image_channels),
+                                       "audio": dict(kind="audio", sample_rate=sample_rate),
+                                       "text": dict(kind="text", vocab_size=vocab_size)}, encoder_options),
+                         fusion_strategy, output_dim=output_dim, **options)

@@ -266,3 +266,155 @@ def test_modality_config_refuses_bad_values():
     assert enc.out_dim == 4 and enc.config.vocab_size == 10
     with pytest.raises(ValueError, match="token ids"): enc(torch.randint(0, 20, (2, 3)))
     with pytest.raises(ValueError, match="integer"): enc(torch.rand(2, 3))
+
+
+# ---- the fusion network: presence masks, the four strategies' promises, bad input ----
+
+from dataclasses import replace  # noqa: E402
+
+from mmlab.data.schema import Batch  # noqa: E402
+from mmlab.neuro import CrossModalAttentionFusion, FusionStrategy, MultiModalFusionNetwork  # noqa: E402
+
+_CONFIGS = {"vision": dict(kind="vision", liquid_units=8, spiking_units=8, encoder_dim=8),
+            "sensor": dict(kind="sensor", in_channels=4, time_channel=0, time_scale=0.1, liquid_units=8, spiking_units=8, encoder_dim=8),
+            "text": dict(kind="text", vocab_size=20, liquid_units=8, spiking_units=8, encoder_dim=8)}
+
+
+def _toy_batch(B=5, seed=0, present=None):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.cumsum(0.05 + 0.1 * torch.rand(B, 6, generator=g), 1)
+    lengths = torch.randint(2, 7, (B,), generator=g)
+    ids = torch.randint(1, 20, (B, 5), generator=g)
+    ids[0, 3:] = 0
+    present = present or {m: torch.rand(B, generator=g) > 0.4 for m in _CONFIGS}
+    present["vision"] = present["vision"] | ~(present["sensor"] | present["text"])     # one modality at least
+    return Batch({"vision": torch.rand(B, 3, 16, 16, generator=g),
+                  "sensor": torch.cat([t[..., None], torch.randn(B, 6, 3, generator=g)], -1), "text": ids},
+                 present, pad_mask={"sensor": torch.arange(6)[None] < lengths[:, None], "text": ids != 0},
+                 labels={"label": torch.randint(0, 3, (B,), generator=g)})
+
+
+def _scramble(batch, seed):
+    "Absent modalities' values, and padded sensor readings, replaced by noise."
+    g = torch.Generator().manual_seed(seed)
+    inputs = {}
+    for m, x in batch.inputs.items():
+        keep = batch.mask[m].view(-1, *[1] * (x.dim() - 1))
+        noise = torch.randint(1, 20, x.shape, generator=g) if m == "text" else 100 * torch.randn(x.shape, generator=g)
+        inputs[m] = torch.where(keep, x, noise)
+    pad = batch.pad_mask["sensor"][..., None]
+    inputs["sensor"] = torch.where(pad, inputs["sensor"], torch.randn(inputs["sensor"].shape, generator=g))
+    return replace(batch, inputs=inputs, pad_mask=dict(batch.pad_mask, text=inputs["text"] != 0))
+
+
+@hsettings(max_examples=12, deadline=None)
+@given(strategy=st.sampled_from(list(FusionStrategy)), seed=st.integers(0, 1000))
+def test_absent_modalities_and_padding_never_reach_the_output(strategy, seed):
+    torch.manual_seed(seed)
+    net = MultiModalFusionNetwork(_CONFIGS, strategy, fusion_dim=16, output_dim=3).eval()
+    batch = _toy_batch(seed=seed)
+    a, b = net(batch), net(_scramble(batch, seed + 1))
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.spikes, b.spikes)
+
+
+@pytest.mark.parametrize("strategy", list(FusionStrategy))
+def test_every_strategy_trains_reports_spikes_and_weights(strategy):
+    torch.manual_seed(0)
+    net = MultiModalFusionNetwork(_CONFIGS, strategy.value, fusion_dim=16, output_dim=3)
+    batch = _toy_batch(B=6)
+    out = net(batch, return_features=True, return_attention=True)
+    assert out.logits.shape == (6, 3) and out.loss.dim() == 0 and torch.equal(out.labels, batch.target())
+    out.loss.backward()
+    grads = {n for n, p in net.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert any(n.endswith("current.weight") for n in grads)                 # the surrogate gradient reaches the spiking layer
+    # spikes: the sum over present modalities of each encoder's count
+    fronts = net.fronts if strategy is FusionStrategy.EARLY else {m: e.front for m, e in net.encoders.items()}
+    expected = sum(fronts[m](batch.inputs[m], batch.pad_mask.get(m), batch.mask[m]).spikes for m in _CONFIGS)
+    torch.testing.assert_close(out.spikes, expected)
+    if strategy in (FusionStrategy.LATE, FusionStrategy.HYBRID):
+        w, present = out.modality_weights, torch.stack([batch.mask[m] for m in _CONFIGS], 1)
+        assert (w[~present] == 0).all() and torch.allclose(w.sum(1), torch.ones(6))
+    else: assert out.modality_weights is None
+    if strategy in (FusionStrategy.HYBRID, FusionStrategy.HIERARCHICAL): assert out.attention
+    assert set(out.features) == ({"joint"} if strategy is FusionStrategy.EARLY else set(_CONFIGS))
+
+
+def test_late_fusion_with_a_modality_absent_is_the_weighted_vote_of_the_others():
+    torch.manual_seed(1)
+    net = MultiModalFusionNetwork(_CONFIGS, "late", fusion_dim=16, output_dim=3).eval()
+    with torch.no_grad(): net.logit_weights.copy_(torch.tensor([0.3, -0.2, 1.0]))
+    present = {"vision": torch.tensor([True, True, False]), "sensor": torch.tensor([False, True, True]),
+               "text": torch.tensor([True, False, True])}
+    batch = _toy_batch(B=3, present=present)
+    out = net(batch, return_features=True)
+    for i in range(3):
+        on = [m for m in _CONFIGS if present[m][i]]
+        w = torch.softmax(net.logit_weights[[list(_CONFIGS).index(m) for m in on]], 0)
+        manual = sum(wi * net.late_heads[m](out.features[m][i:i + 1])[0] for wi, m in zip(w, on))
+        torch.testing.assert_close(out.logits[i], manual)
+    alone = _toy_batch(B=3, present={m: torch.tensor([m == "sensor"] * 3) for m in _CONFIGS})
+    out = net(alone, return_features=True)
+    torch.testing.assert_close(out.logits, net.late_heads["sensor"](out.features["sensor"]))   # one modality: weight 1
+
+
+def test_hybrid_with_one_modality_present_is_its_own_path():
+    "With only the first modality present, the cross-attention has no key: hybrid = joint head + its late head."
+    torch.manual_seed(2)
+    only = {m: torch.tensor([m == "vision"] * 4) for m in _CONFIGS}
+    batch = _toy_batch(B=4, present=only)
+    net = MultiModalFusionNetwork(_CONFIGS, "hybrid", fusion_dim=16, output_dim=3).eval()
+    out = net(batch, return_features=True)
+    enc = net.encoders["vision"](batch.inputs["vision"])
+    tok = net.proj["vision"](enc.tokens) + net.type_emb[0]
+    r = net.fusion.blocks["vision"](tok, context=torch.randn(4, 2, 16), context_mask=torch.zeros(4, 2, dtype=torch.bool))
+    fused = r.hidden if hasattr(r, "hidden") else r[0]                     # no key to attend to
+    manual = net.head(fused.mean(1)) + net.late_heads["vision"](enc.pooled)
+    torch.testing.assert_close(out.logits, manual, atol=1e-5, rtol=1e-5)
+
+
+def test_cross_modal_fusion_is_parallel_and_masks_keys():
+    torch.manual_seed(3)
+    fuse = CrossModalAttentionFusion(["a", "b"], 8, 2).eval()
+    toks = {"a": torch.randn(2, 3, 8), "b": torch.randn(2, 4, 8)}
+    masks = {"a": torch.ones(2, 3, dtype=torch.bool), "b": torch.tensor([[True, True, False, False], [True] * 4])}
+    out, w = fuse(toks, masks, need_weights=True)
+    assert (w["a"][0, :, :, 2:] == 0).all() and torch.allclose(w["a"].sum(-1), torch.ones(2, 2, 3))
+    swapped = CrossModalAttentionFusion(["b", "a"], 8, 2).eval()
+    swapped.load_state_dict(fuse.state_dict())
+    out2, _ = swapped(toks, masks)
+    for m in "ab": torch.testing.assert_close(out[m], out2[m], atol=1e-6, rtol=1e-6)   # order-free: parallel updates
+    with pytest.raises(ValueError, match="2 or more"): CrossModalAttentionFusion(["a"], 8, 2)
+    with pytest.raises(KeyError, match="expected tokens"): fuse({"a": toks["a"]}, masks)
+
+
+def test_network_refuses_bad_configuration_and_batches():
+    for kw, err, msg in [(dict(modality_configs={"vision": _CONFIGS["vision"]}), ValueError, "2 or more"),
+                         (dict(fusion_strategy="middle"), ValueError, "fusion_strategy"), (dict(output_dim=1), ValueError, "output_dim"),
+                         (dict(fusion_dim=10, num_attention_heads=4), ValueError, "divisible")]:
+        with pytest.raises(err, match=msg): MultiModalFusionNetwork(**{"modality_configs": _CONFIGS, **kw})
+    net = MultiModalFusionNetwork(_CONFIGS, "late", fusion_dim=16, output_dim=3)
+    batch = _toy_batch()
+    two = Batch({k: v for k, v in batch.inputs.items() if k != "text"}, {k: v for k, v in batch.mask.items() if k != "text"})
+    with pytest.raises(KeyError, match="lacks modalities"): net(two)
+    with pytest.raises(ValueError, match="presence mask"): net(replace(batch, mask=dict(batch.mask, text=torch.ones(5))))
+    with pytest.raises(TypeError, match="Batch"): net({"inputs": batch.inputs})
+    from dataclasses import asdict
+    again = MultiModalFusionNetwork.from_config(asdict(net.config))
+    assert again.config == net.config
+    assert sum(p.numel() for p in again.parameters()) == sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("strategy", list(FusionStrategy))
+def test_bf16_autocast_forward_and_backward_agree_with_fp32_on_cuda(strategy):
+    "bf16 autocast on a GPU: logits within 0.1 of fp32 (spike thresholds may flip a few units), gradients finite."
+    torch.manual_seed(0)
+    net = MultiModalFusionNetwork(_CONFIGS, strategy, fusion_dim=16, output_dim=3).cuda().eval()
+    b = _toy_batch(B=8).to("cuda")
+    ref = net(b)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        low = net(b)
+    assert (low.logits.float() - ref.logits).abs().max().item() < 0.1
+    low.loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
