@@ -25,8 +25,8 @@ import torch
 
 # %% auto #0
 __all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'CHECKPOINTS', 'COURSE_WORDS', 'TINY_TOKENIZERS',
-           'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'SettingsError', 'Settings', 'find_settings_file', 'settings',
-           'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
+           'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'REFERENCE_PARTS', 'SettingsError', 'Settings', 'find_settings_file',
+           'settings', 'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
            'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config', 'tiny_vit_config',
            'tiny_gpt2_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir', 'tiny_checkpoint',
            'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor', 'load_processor',
@@ -542,10 +542,21 @@ OPTIONAL_PARTS = {   # import name -> what the course uses it for
     "anthropic": "Anthropic API", "google.genai": "Gemini API", "nbdev": "notebook export", "nbval": "notebook tests",
 }
 
+REFERENCE_PARTS = {   # import name -> what the tests compare with it (the `test` extra; `make lab` does not install it)
+    "ncps": "reference liquid cells, chapter 05 parity", "snntorch": "reference spiking neurons, chapter 05 parity",
+}
+
 def _version(mod:str)->str|None:
     try: m = importlib.import_module(mod)
     except Exception: return None
     return getattr(m, "__version__", None) or "installed"
+
+def _dist_version(mod:str)->str|None:
+    "The installed distribution's version (some packages' __version__ is stale), or None when missing."
+    import importlib.metadata
+    if importlib.util.find_spec(mod) is None: return None
+    try: return importlib.metadata.version(mod)
+    except importlib.metadata.PackageNotFoundError: return _version(mod)
 
 def doctor()->int:
     "Print what the course will run with; 0 when the core (torch, transformers, settings) works."
@@ -564,6 +575,9 @@ def doctor()->int:
     for mod, why in OPTIONAL_PARTS.items():
         v = _version(mod)
         rows.append((mod, f"{v}  ({why})" if v else f"missing  ({why}; pip install 'mmlab[course]')"))
+    for mod, why in REFERENCE_PARTS.items():
+        v = _dist_version(mod)
+        rows.append((mod, f"{v}  ({why})" if v else f"missing  ({why}; pip install 'mmlab[test]')"))
     w = max(len(k) for k, _ in rows)
     for k, v in rows: print(f"{k:<{w}}  {v}")
     print("the course can run here" if ok else "the course cannot run here: fix the lines marked ERROR")
