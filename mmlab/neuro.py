@@ -33,7 +33,7 @@ __all__ = ['CFC_ACTIVATIONS', 'CFC_MODES', 'SURROGATES', 'RESETS', 'ENCODER_KIND
            'snntorch_parity', 'rate_encode', 'latency_encode', 'ModalityConfig', 'SpikeTrain', 'EncoderOutput',
            'SpikingFrontEnd', 'ModalityEncoder', 'CrossModalAttentionFusion', 'FusionStrategy', 'NeuroOutput',
            'FusionNetworkConfig', 'MultiModalFusionNetwork', 'VisionLanguageModel', 'AudioVideoModel',
-           'RobotMultiSensorModel', 'TriModalModel']
+           'RobotMultiSensorModel', 'TriModalModel', 'liquid_configs']
 
 # %% ../nbs/05_liquid_spiking.ipynb #4cac1f9d
 class _TimedRNN(nn.Module):
@@ -323,7 +323,7 @@ def ncps_parity(kind:str="cfc", # 'cfc' or 'ltc'
     return {"output": (y - y_ref).abs().max().item(), "state": (h - h_ref).abs().max().item(),
             "input_grad": (xo.grad - xr.grad).abs().max().item()}
 
-# %% ../nbs/05_liquid_spiking.ipynb #44d941dc
+# %% ../nbs/05_liquid_spiking.ipynb #318948d9
 SURROGATES = {"atan": 2.0, "fast_sigmoid": 25.0}   # surrogate -> default scale (alpha of atan, slope of fast sigmoid)
 
 class SpikeFunction(torch.autograd.Function):
@@ -347,7 +347,7 @@ def spike(u:Tensor, # membrane potential minus threshold, any shape
     if surrogate not in SURROGATES: raise ValueError(f"unknown surrogate {surrogate!r}; valid: {', '.join(SURROGATES)}")
     return SpikeFunction.apply(u, surrogate, SURROGATES[surrogate] if scale is None else float(scale))
 
-# %% ../nbs/05_liquid_spiking.ipynb #e109a5f3
+# %% ../nbs/05_liquid_spiking.ipynb #d480095f
 RESETS = ("subtract", "zero")
 
 class LIF(nn.Module):
@@ -385,7 +385,7 @@ class LIF(nn.Module):
             s, mem = self(x[:, t], mem); spikes.append(s); mems.append(mem)
         return torch.stack(spikes, 1), torch.stack(mems, 1)
 
-# %% ../nbs/05_liquid_spiking.ipynb #ae7ed19d
+# %% ../nbs/05_liquid_spiking.ipynb #7d2712ec
 def snntorch_parity(reset_mechanism:str="subtract", beta:float=0.8, threshold:float=1.0, surrogate:str="atan",
                     steps:int=60, shape:tuple=(8, 16), seed:int=0)->dict[str, float]:
     "Largest gaps between snntorch.Leaky and LIF over `steps` steps: membrane, spikes (count of mismatches), input gradient."
@@ -407,7 +407,7 @@ def snntorch_parity(reset_mechanism:str="subtract", beta:float=0.8, threshold:fl
     return {"membrane": (mem_o - mem_ref).abs().max().item(), "spike_mismatches": (spk_o != spk_r).sum().item(),
             "spikes": spk_r.sum().item(), "input_grad": (co.grad - cr.grad).abs().max().item()}
 
-# %% ../nbs/05_liquid_spiking.ipynb #9083d040
+# %% ../nbs/05_liquid_spiking.ipynb #6d04e645
 def _unit_interval(x:Tensor, name:str):
     if not torch.is_tensor(x) or not x.is_floating_point() or x.dim() < 1:
         raise ValueError(f"{name}: x must be a float tensor (B, ...); got {type(x).__name__ if not torch.is_tensor(x) else f'{x.dtype} {tuple(x.shape)}'}")
@@ -438,7 +438,7 @@ def latency_encode(x:Tensor, # (B, ...) values in [0, 1]
     out = F.one_hot(t, num_steps).movedim(-1, 1).to(x.dtype)                            # (B, K, ...)
     return out * (x >= threshold).unsqueeze(1).to(x.dtype) if clip else out
 
-# %% ../nbs/05_liquid_spiking.ipynb #de5f30e8
+# %% ../nbs/05_liquid_spiking.ipynb #9cf4c56e
 ENCODER_KINDS = ("vision", "audio", "text", "sensor", "features")
 LIQUID_CELLS = ("cfc", "ltc")
 
@@ -470,7 +470,7 @@ class ModalityConfig:
             raise ValueError(f"time_channel {self.time_channel} needs kind 'sensor' and a channel in 0..{self.in_channels - 1}")
         if not self.time_scale > 0: raise ValueError(f"time_scale must be > 0, got {self.time_scale}")
 
-# %% ../nbs/05_liquid_spiking.ipynb #c07a7910
+# %% ../nbs/05_liquid_spiking.ipynb #74e7ef91
 @dataclass
 class SpikeTrain:
     "What the spiking stage of an encoder returns."
@@ -487,7 +487,7 @@ class EncoderOutput:
     mask: Tensor           # (B, L) bool, True at real readings
     spikes: Tensor         # (B,) spikes emitted per sample
 
-# %% ../nbs/05_liquid_spiking.ipynb #154f5b3a
+# %% ../nbs/05_liquid_spiking.ipynb #7248d25b
 class _Preprocess(nn.Module):
     "Raw input of one modality -> (sequence (B, L, encoder_dim), mask (B, L), timespans (B, L))."
     def __init__(self, cfg:ModalityConfig):
@@ -545,7 +545,7 @@ class _Preprocess(nn.Module):
         if (dt < 0).any(): raise ValueError("sensor: reading times must not decrease along a sequence")
         return (dt / self.cfg.time_scale).clamp(min=1e-3)                         # LTC needs dt > 0
 
-# %% ../nbs/05_liquid_spiking.ipynb #879d6205
+# %% ../nbs/05_liquid_spiking.ipynb #5d020aff
 class SpikingFrontEnd(nn.Module):
     "Preprocess one modality and drive LIF neurons with it: firing rates per reading (the first two stages)."
     def __init__(self, cfg:ModalityConfig):
@@ -597,7 +597,7 @@ class ModalityEncoder(nn.Module):
         pooled = state[0] if isinstance(state, tuple) else state
         return EncoderOutput(tokens, pooled, st.mask, st.spikes)
 
-# %% ../nbs/05_liquid_spiking.ipynb #0969c1fb
+# %% ../nbs/05_liquid_spiking.ipynb #f9c1944e
 class CrossModalAttentionFusion(nn.Module):
     "Each modality's tokens attend to the tokens of every other present modality, all in parallel."
     def __init__(self, modalities:list[str], # names of the token streams, 2 or more
@@ -625,7 +625,7 @@ class CrossModalAttentionFusion(nn.Module):
             if r.cross_weights is not None: weights[m] = r.cross_weights
         return out, weights
 
-# %% ../nbs/05_liquid_spiking.ipynb #0e7627e5
+# %% ../nbs/05_liquid_spiking.ipynb #6b0a453b
 class FusionStrategy(str, Enum):
     "Where the modalities meet (see the definitions above)."
     EARLY = "early"
@@ -651,7 +651,7 @@ def _masked_mean(x:Tensor, keep:Tensor)->Tensor:              # (B, L, D), (B, L
     k = keep.to(x.dtype)[..., None]
     return (x * k).sum(1) / k.sum(1).clamp(min=1.0)
 
-# %% ../nbs/05_liquid_spiking.ipynb #d831874c
+# %% ../nbs/05_liquid_spiking.ipynb #42dec877
 @dataclass
 class FusionNetworkConfig:
     "Everything needed to rebuild a MultiModalFusionNetwork (not its weights)."
@@ -775,7 +775,7 @@ class MultiModalFusionNetwork(nn.Module):
             out.loss = F.cross_entropy(logits.float(), out.labels)
         return out
 
-# %% ../nbs/05_liquid_spiking.ipynb #b9757815
+# %% ../nbs/05_liquid_spiking.ipynb #7b66f9ed
 ROBOT_TIME_SCALE = 1 / 12    # the robot sensors' nominal reading period (s): 12 readings per second on average
 
 def _app_configs(specs:dict[str, dict], encoder_options:dict|None)->dict[str, ModalityConfig]:
@@ -814,3 +814,13 @@ class TriModalModel(MultiModalFusionNetwork):
                                        "audio": dict(kind="audio", sample_rate=sample_rate),
                                        "text": dict(kind="text", vocab_size=vocab_size)}, encoder_options),
                          fusion_strategy, output_dim=output_dim, **options)
+
+# %% ../nbs/05_liquid_spiking.ipynb #a7db9434
+def liquid_configs(specs:dict[str, dict], # modality -> chapter 04 encoder spec {'kind': ..., 'in_channels': ..., ...}
+                   extras:dict[str, dict]|None=None, # modality -> more ModalityConfig fields (e.g. a sensor's time channel)
+                   **options # ModalityConfig fields for every modality (sizes, num_spike_steps, backbone, ...)
+                  )->dict[str, ModalityConfig]:
+    "ModalityConfigs for the modalities of `specs`, keeping what describes the input."
+    keep = ("kind", "in_channels", "vocab_size", "sample_rate")
+    return {m: ModalityConfig(**{k: v for k, v in spec.items() if k in keep}, **options, **(extras or {}).get(m, {}))
+            for m, spec in specs.items()}

@@ -418,3 +418,33 @@ def test_bf16_autocast_forward_and_backward_agree_with_fp32_on_cuda(strategy):
     assert (low.logits.float() - ref.logits).abs().max().item() < 0.1
     low.loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+
+
+def test_applications_are_presets_of_the_network_and_run_on_their_data():
+    from mmlab.data.synth import ROBOT_ACTIONS, ROBOT_CHANNELS, make_robot_navigation
+    from mmlab.neuro import (ROBOT_TIME_SCALE, AudioVideoModel, RobotMultiSensorModel, TriModalModel, VisionLanguageModel,
+                             liquid_configs)
+    from mmlab.recipes import collate_all
+    small = dict(encoder_options=dict(encoder_dim=8, spiking_units=8, liquid_units=8), fusion_dim=16)
+    apps = {VisionLanguageModel(30, 3, **small): (["vision", "text"], 3), AudioVideoModel(10, **small): (["vision", "audio"], 10),
+            RobotMultiSensorModel(**small): (["vision", "sensor"], len(ROBOT_ACTIONS)),
+            TriModalModel(30, 4, fusion_strategy="late", **small): (["vision", "audio", "text"], 4)}
+    for model, (mods, C) in apps.items():
+        assert model.modalities == mods and model.output_dim == C and all(c.liquid_units == 8 for c in model.configs.values())
+    robot = next(m for m in apps if isinstance(m, RobotMultiSensorModel))
+    s = robot.configs["sensor"]
+    assert (s.in_channels, s.time_channel, s.time_scale) == (len(ROBOT_CHANNELS), 0, ROBOT_TIME_SCALE)
+    assert robot.strategy is FusionStrategy.HYBRID and apps_config_roundtrip(robot)
+    batch = collate_all(make_robot_navigation(6, seed=0, drop=0.3, cache=False), ["vision", "sensor"], ["label"])
+    out = robot(batch)
+    assert out.logits.shape == (6, 4) and out.loss is not None and (out.spikes >= 0).all()
+    cfgs = liquid_configs({"vision": dict(kind="vision", in_channels=1, out_dim=32), "text": dict(kind="text", vocab_size=9)},
+                          {"text": dict(num_spike_steps=2)}, liquid_units=5)
+    assert cfgs["vision"].in_channels == 1 and cfgs["text"].vocab_size == 9 and cfgs["text"].num_spike_steps == 2
+    assert cfgs["vision"].num_spike_steps == 4 and all(c.liquid_units == 5 for c in cfgs.values())
+
+
+def apps_config_roundtrip(model):
+    from dataclasses import asdict
+    again = MultiModalFusionNetwork.from_config(asdict(model.config))
+    return again.config == model.config and again.configs == model.configs
