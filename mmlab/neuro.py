@@ -14,7 +14,7 @@ budget against the plain encoders of chapter 04."""
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from enum import Enum
 
 import torch
