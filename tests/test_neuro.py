@@ -24,6 +24,14 @@ def _per_sample_reference(ref, x, h0, ts, c0=None):
     return torch.cat([o[0] for o in outs]), torch.cat([cat(o[1]) for o in outs])
 
 
+def _perturbed(module):
+    "Every trainable parameter moved off its initial value (input maps of ones and zeros, reversal potentials of +-1 ...)."
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.requires_grad: p.mul_(1 + 0.3 * torch.rand_like(p)).add_(0.2 * torch.randn_like(p))
+    return module
+
+
 @FAST
 @given(B=st.integers(1, 3), L=st.integers(1, 6), I=st.integers(1, 4), H=st.integers(1, 6),
        mode=st.sampled_from(["default", "no_gate", "pure"]), layers=st.integers(0, 2), bu=st.integers(1, 9),
@@ -34,7 +42,7 @@ def test_cfc_equals_ncps_on_irregular_times(B, L, I, H, mode, layers, bu, act, s
     x, h0, ts = torch.randn(B, L, I, generator=g), torch.randn(B, H, generator=g), tmax * torch.rand(B, L, generator=g)
     c0 = torch.randn(B, H, generator=g) if mixed else None
     torch.manual_seed(seed)
-    ref = ncps_torch.CfC(I, H, mode=mode, activation=act, backbone_units=bu, backbone_layers=layers, mixed_memory=mixed)
+    ref = _perturbed(ncps_torch.CfC(I, H, mode=mode, activation=act, backbone_units=bu, backbone_layers=layers, mixed_memory=mixed))
     ours = CfC.from_ncps(ref)
     y_ref, h_ref = _per_sample_reference(ref, x, h0, ts, c0)
     y, h = ours(x, (h0, c0) if mixed else h0, ts)
@@ -52,7 +60,7 @@ def test_ltc_equals_ncps_on_irregular_times(B, L, I, H, unfolds, seed, tmin, sca
     ts = tmin + scale * torch.rand(B, L, generator=g)
     c0 = torch.randn(B, H, generator=g) if mixed else None
     torch.manual_seed(seed)
-    ref = ncps_torch.LTC(I, H, ode_unfolds=unfolds, mixed_memory=mixed)
+    ref = _perturbed(ncps_torch.LTC(I, H, ode_unfolds=unfolds, mixed_memory=mixed))
     ours = LTC.from_ncps(ref)
     y_ref, h_ref = _per_sample_reference(ref, x, h0, ts, c0)
     y, h = ours(x, (h0, c0) if mixed else h0, ts)
@@ -79,8 +87,11 @@ def test_from_ncps_copies_weights_and_refuses_what_it_does_not_reproduce():
     for bad in (ncps_torch.CfC(3, 4, proj_size=2), ncps_torch.CfC(3, AutoNCP(8, 2)),
                 ncps_torch.CfC(3, 4, backbone_layers=2, backbone_dropout=0.5), ncps_torch.CfC(3, 4, batch_first=False)):
         with pytest.raises(ValueError, match="CfC.from_ncps"): CfC.from_ncps(bad)
-    for bad in (ncps_torch.LTC(3, 4, implicit_param_constraints=False),
-                ncps_torch.LTC(3, AutoNCP(8, 2)), ncps_torch.LTC(3, 4, input_mapping="linear")):
+    from ncps.wirings import FullyConnected
+    for bad in (ncps_torch.LTC(3, 4, implicit_param_constraints=False), ncps_torch.LTC(3, FullyConnected(4, self_connections=False)),
+                ncps_torch.LTC(3, AutoNCP(8, 2)), ncps_torch.LTC(3, 4, input_mapping="linear"),
+                ncps_torch.LTC(3, 4, output_mapping="linear"), ncps_torch.LTC(3, FullyConnected(4, output_dim=2)),
+                ncps_torch.LTC(3, 4, batch_first=False)):
         with pytest.raises(ValueError, match="LTC.from_ncps"): LTC.from_ncps(bad)
     ltc_ref = ncps_torch.LTC(2, 3)
     ltc = LTC.from_ncps(ltc_ref)
@@ -226,11 +237,16 @@ def test_spike_coding_statistics_and_errors():
     x = torch.rand(4000, 1)
     g = torch.Generator().manual_seed(0)
     assert abs(rate_encode(x, 40, g).mean().item() - x.mean().item()) < 0.01
+    a, b = rate_encode(x[:50], 8, torch.Generator().manual_seed(1)), rate_encode(x[:50], 8, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.equal(a, rate_encode(x[:50], 8, torch.Generator().manual_seed(2)))   # the generator decides
     lat = latency_encode(torch.tensor([[1.0, 0.75, 0.5, 0.25, 0.0]]), 5)[0]
     assert lat.argmax(0).tolist() == [0, 1, 2, 3, 4] and lat.sum().item() == 5
-    for f, args, msg in [(rate_encode, (torch.tensor([[1.2]]), 3), r"\[0, 1\]"), (rate_encode, (torch.tensor([[0.2]]), 0), "num_steps"),
-                         (latency_encode, (torch.tensor([[0.2]]), 1), "num_steps"), (latency_encode, (torch.tensor([[0.2]]), 4, 1.0), "threshold"),
-                         (rate_encode, (torch.tensor([1, 0]), 3), "float")]:
+    for f, args, msg in [(rate_encode, (torch.tensor([[1.2]]), 3), r"rate_encode: values must lie in \[0, 1\]"),
+                         (rate_encode, (torch.tensor([[0.2]]), 0), "rate_encode: num_steps"),
+                         (latency_encode, (torch.tensor([[0.2]]), 1), "latency_encode: num_steps"),
+                         (latency_encode, (torch.tensor([[-0.1]]), 4), r"latency_encode: values must lie in \[0, 1\]"),
+                         (latency_encode, (torch.tensor([[0.2]]), 4, 1.0), "latency_encode: threshold"),
+                         (rate_encode, (torch.tensor([1, 0]), 3), "rate_encode: x must be a float")]:
         with pytest.raises(ValueError, match=msg): f(*args)
 
 
