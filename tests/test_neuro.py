@@ -480,3 +480,24 @@ def test_spike_train_is_the_front_end_and_absent_rows_are_silent():
     torch.testing.assert_close(out.spikes, a.spikes)
     assert (out.pooled[1] == 0).all()                     # an absent row never leaves the initial state
     with pytest.raises(ValueError, match="present"): enc(ids, pad, torch.ones(3))
+
+
+def test_application_options_reach_the_network():
+    from dataclasses import asdict
+    from mmlab.neuro import AudioVideoModel, FusionNetworkConfig, RobotMultiSensorModel, TriModalModel, VisionLanguageModel
+    enc = dict(encoder_dim=4, spiking_units=4, liquid_units=4, backbone="ltc")
+    kw = dict(fusion_strategy="early", encoder_options=enc, fusion_dim=8, num_attention_heads=2, dropout=0.0, label_key="y")
+    for model, expect in [(VisionLanguageModel(30, 5, image_channels=1, **kw), {"vision": 1, "text": 30}),
+                          (AudioVideoModel(7, image_channels=3, sample_rate=16000, **kw), {"vision": 3, "audio": 16000}),
+                          (RobotMultiSensorModel(3, sensor_channels=5, image_channels=1, time_scale=0.5, **kw), {"vision": 1, "sensor": 5}),
+                          (TriModalModel(40, 6, image_channels=1, sample_rate=4000, **kw), {"vision": 1, "audio": 4000, "text": 40})]:
+        c = model.config
+        assert (c.fusion_strategy, c.fusion_dim, c.num_attention_heads, c.dropout, c.label_key) == ("early", 8, 2, 0.0, "y")
+        assert c.output_dim == model.output_dim and all(m.backbone == "ltc" and m.liquid_units == 4 for m in model.configs.values())
+        for m, v in expect.items():
+            got = model.configs[m]
+            assert v == {"vision": got.in_channels, "text": got.vocab_size, "audio": got.sample_rate, "sensor": got.in_channels}[m], (m, v)
+        again = MultiModalFusionNetwork.from_config(c)                       # the dataclass itself, or asdict of it
+        assert isinstance(c, FusionNetworkConfig) and again.config == c == MultiModalFusionNetwork.from_config(asdict(c)).config
+    robot = RobotMultiSensorModel(3, sensor_channels=5, time_scale=0.5, **kw)
+    assert robot.configs["sensor"].time_scale == 0.5 and robot.configs["sensor"].time_channel == 0 and robot.output_dim == 3
