@@ -501,3 +501,23 @@ def test_application_options_reach_the_network():
         assert isinstance(c, FusionNetworkConfig) and again.config == c == MultiModalFusionNetwork.from_config(asdict(c)).config
     robot = RobotMultiSensorModel(3, sensor_channels=5, time_scale=0.5, **kw)
     assert robot.configs["sensor"].time_scale == 0.5 and robot.configs["sensor"].time_channel == 0 and robot.output_dim == 3
+
+
+@pytest.mark.parametrize("strategy", [s.value for s in FusionStrategy])
+def test_cli_trains_every_liquid_spiking_strategy(strategy, tmp_path, monkeypatch, capsys):
+    "`mmlab train --encoder liquid-spiking --modalities vision text --fusion-strategy S --fusion-dim N --epochs 1`, then evaluate."
+    import json
+    from mmlab.cli import evaluate_main, train_main
+    monkeypatch.setenv("MMLAB_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    rc = train_main(["--dataset", "trimodal", "--encoder", "liquid-spiking", "--modalities", "vision", "text", "--fusion-strategy",
+                     strategy, "--fusion-dim", "16", "--epochs", "1", "--n-train", "48", "--n-val", "24", "--batch-size", "16",
+                     "--output", str(out), "--no-progress"])
+    trained = capsys.readouterr().out
+    assert rc == 0 and f"trimodal/liquid-spiking-{strategy}" in trained
+    meta = json.loads((out / "best" / "trainer_state.json").read_text())
+    assert meta["model_config"]["fusion_strategy"] == strategy and meta["model_config"]["fusion_dim"] == 16
+    assert set(meta["model_config"]["modality_configs"]) == {"vision", "text"}
+    assert evaluate_main([str(out)]) == 0
+    row = lambda text: [l for l in text.splitlines() if l.startswith(f"trimodal/liquid-spiking-{strategy}")]
+    assert row(capsys.readouterr().out) == row(trained)
