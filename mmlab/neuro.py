@@ -621,7 +621,8 @@ class CrossModalAttentionFusion(nn.Module):
             ctx = torch.cat([tokens[o] for o in others], 1)                        # (B, sum L_o, D)
             ctx_mask = torch.cat([masks[o] for o in others], 1)                    # (B, sum L_o)
             r = self.blocks[m](tokens[m], context=ctx, context_mask=ctx_mask, need_weights=need_weights)
-            out[m] = r.hidden
+            partner = ctx_mask.any(1)[:, None, None]                               # (B, 1, 1): some other modality present
+            out[m] = torch.where(partner, r.hidden, tokens[m])                    # none: left as it is (not even a bias)
             if r.cross_weights is not None: weights[m] = r.cross_weights
         return out, weights
 

@@ -375,7 +375,7 @@ def test_late_fusion_with_a_modality_absent_is_the_weighted_vote_of_the_others()
 
 
 def test_hybrid_with_one_modality_present_is_its_own_path():
-    "With only the first modality present, the cross-attention has no key: hybrid = joint head + its late head."
+    "With only the first modality present it has no partner: hybrid = joint head on its own tokens + its late head."
     torch.manual_seed(2)
     only = {m: torch.tensor([m == "vision"] * 4) for m in _CONFIGS}
     batch = _toy_batch(B=4, present=only)
@@ -383,9 +383,7 @@ def test_hybrid_with_one_modality_present_is_its_own_path():
     out = net(batch, return_features=True)
     enc = net.encoders["vision"](batch.inputs["vision"])
     tok = net.proj["vision"](enc.tokens) + net.type_emb[0]
-    r = net.fusion.blocks["vision"](tok, context=torch.randn(4, 2, 16), context_mask=torch.zeros(4, 2, dtype=torch.bool))
-    fused = r.hidden if hasattr(r, "hidden") else r[0]                     # no key to attend to
-    manual = net.head(fused.mean(1)) + net.late_heads["vision"](enc.pooled)
+    manual = net.head(tok.mean(1)) + net.late_heads["vision"](enc.pooled)   # alone: its tokens pass the fusion unchanged
     torch.testing.assert_close(out.logits, manual, atol=1e-5, rtol=1e-5)
 
 
@@ -521,3 +519,30 @@ def test_cli_trains_every_liquid_spiking_strategy(strategy, tmp_path, monkeypatc
     assert evaluate_main([str(out)]) == 0
     row = lambda text: [l for l in text.splitlines() if l.startswith(f"trimodal/liquid-spiking-{strategy}")]
     assert row(capsys.readouterr().out) == row(trained)
+
+
+@pytest.mark.parametrize("strategy", list(FusionStrategy))
+def test_a_network_with_its_last_modality_absent_equals_the_network_built_without_it(strategy):
+    "Absent means absent: the output is the one of the same network, same weights, built without that modality."
+    torch.manual_seed(5)
+    full = MultiModalFusionNetwork(_CONFIGS, strategy, fusion_dim=16, output_dim=3).eval()
+    without = MultiModalFusionNetwork({m: c for m, c in _CONFIGS.items() if m != "text"}, strategy, fusion_dim=16, output_dim=3).eval()
+    state = {}
+    for k, v in full.state_dict().items():
+        if k.split(".")[1:2] == ["text"] or ".text." in k or (k.startswith("levels.") and k.split(".")[1] == "1"): continue
+        if k == "type_emb": v = v[:2]
+        if k == "logit_weights": v = v[:2]
+        state[k] = v
+    without.load_state_dict(state)                                     # every key fits: nothing missing, nothing extra
+    batch = _toy_batch(B=6, present={"vision": torch.tensor([True, True, False, True, True, True]),
+                                     "sensor": torch.tensor([True, False, True, True, False, True]), "text": torch.zeros(6, dtype=torch.bool)})
+    two = Batch({m: batch.inputs[m] for m in ("vision", "sensor")}, {m: batch.mask[m] for m in ("vision", "sensor")},
+                pad_mask={"sensor": batch.pad_mask["sensor"]}, labels=batch.labels)
+    with torch.no_grad():
+        a, b = full(batch), without(two)
+        for n, p in full.named_parameters():                           # and the absent modality's own parameters do nothing
+            if ".text." in n or n.split(".")[1:2] == ["text"]: p.add_(torch.randn_like(p))
+        c = full(batch)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(c.logits, a.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.spikes, b.spikes)
