@@ -14,7 +14,7 @@ TEST_STAMP := $(VENV)/.mmlab-test-installed
 # Tests and notebooks never touch the network; two pytest workers share the cores, one thread each.
 TEST_ENV := OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MMLAB_OFFLINE=true MPLBACKEND=Agg PYTHONHASHSEED=0
 
-.PHONY: setup lab test clean
+.PHONY: setup lab test site mutation clean
 
 setup: $(STAMP)
 
@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml
 
 # The parity references and instructor tools of the `test` extra, on top of the course environment.
 $(TEST_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[course,test]"
+	$(BIN)/python -m pip install --quiet -e ".[course,test,site]"
 	touch $(TEST_STAMP)
 
 # Students see the course, not the instructors' tools: nbgrader (installed by `make test`) has its lab extension off.
@@ -42,9 +42,24 @@ lab: setup
 	-$(BIN)/jupyter server extension disable --sys-prefix nbgrader >/dev/null 2>&1
 	$(BIN)/jupyter lab --notebook-dir=. nbs/index.ipynb $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
+# The site is built from the outputs the notebook tests kept (conftest.py), then checked in a browser.
 test: $(TEST_STAMP)
-	$(BIN)/python -m ruff check mmlab tests bench
-	$(TEST_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 --nbval-lax tests nbs
+	$(BIN)/python -m ruff check mmlab tests bench course_site
+	$(TEST_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 --nbval-lax --ignore=tests/test_site.py tests nbs
+	$(TEST_ENV) $(BIN)/python course_site/build.py
+	$(TEST_ENV) $(BIN)/python -m pytest -q -rs tests/test_site.py
+
+# The course as a website in _site/ (open _site/index.html); lessons the tests ran keep those outputs.
+site: $(TEST_STAMP)
+	$(TEST_ENV) $(BIN)/python course_site/build.py
+
+# Mutation testing of the core modules ([tool.mutmut] in pyproject.toml): a mutant is a one-line bug; the
+# table at the end is the share of them the tests catch, per module. Hours on 2 cores, so not part of `make test`.
+# MUTANTS narrows it, e.g. make mutation MUTANTS='mmlab.losses*'.
+MUTANTS ?=
+mutation: $(TEST_STAMP)
+	$(TEST_ENV) $(BIN)/mutmut run --max-children 2 $(MUTANTS)
+	$(BIN)/mutmut results --all true | $(BIN)/python tests/mutation_report.py
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) .cache mutants _site

@@ -84,3 +84,20 @@ def test_logit_scale_clamps_when_read():
     assert ls().item() == pytest.approx(LOGIT_SCALE_MAX) and ls.value.item() == 10.0
     assert ls.temperature() == pytest.approx(0.01)
     assert LogitScale(init=1.0)().item() == 1.0
+
+
+def test_loss_defaults_are_the_papers():
+    "SupCon's tau = 0.1 (Khosla et al.) and VSE++'s margin 0.2 are the defaults."
+    g = torch.Generator().manual_seed(0)
+    x, y, labels = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g), torch.tensor([0, 1, 2, 3] * 2)
+    assert torch.equal(supcon_loss(x, labels), supcon_loss(x, labels, temperature=0.1))
+    assert not torch.allclose(supcon_loss(x, labels), supcon_loss(x, labels, temperature=1.1))
+    assert torch.equal(triplet_loss(x, y), triplet_loss(x, y, margin=0.2))
+
+
+def test_triplet_margin_zero_allowed_negative_refused():
+    x, y = torch.randn(4, 3), torch.randn(4, 3)
+    assert torch.isfinite(triplet_loss(x, y, margin=0.0))
+    for bad in (-0.1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="margin"):
+            triplet_loss(x, y, margin=bad)
