@@ -1027,6 +1027,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'mmlab.vilt.export_renamed': ('vilt.html#export_renamed', 'mmlab/vilt.py'),
                             'mmlab.vilt.hf_patch_order': ('vilt.html#hf_patch_order', 'mmlab/vilt.py'),
                             'mmlab.vilt.init_bert_': ('vilt.html#init_bert_', 'mmlab/vilt.py'),
+                            'mmlab.vilt.itm_group_loss': ('vilt.html#itm_group_loss', 'mmlab/vilt.py'),
                             'mmlab.vilt.itm_logits': ('vilt.html#itm_logits', 'mmlab/vilt.py'),
                             'mmlab.vilt.itm_loss': ('vilt.html#itm_loss', 'mmlab/vilt.py'),
                             'mmlab.vilt.itm_pairs': ('vilt.html#itm_pairs', 'mmlab/vilt.py'),

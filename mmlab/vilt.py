@@ -29,7 +29,8 @@ __all__ = ['ITM_KINDS', 'ITM_TEMPLATES', 'ViltConfig', 'vilt_config_from_hf', 'v
            'hf_patch_order', 'vilt_hf_parity', 'vilt_parity_configs', 'random_vilt_inputs', 'perturbed', 'ITMOutput',
            'itm_loss', 'ITMHead', 'ImageTextMatcher', 'ViltForITM', 'MLMOutput', 'MLMHead', 'ViltForMLM',
            'vilt_head_parity', 'CoAttentionConfig', 'TwoStreamOutput', 'CoAttentionModel', 'scene_claims',
-           'render_claim', 'mismatch', 'itm_pairs', 'DualEncoderMatcher', 'itm_logits', 'pairwise_accuracy']
+           'render_claim', 'mismatch', 'itm_pairs', 'DualEncoderMatcher', 'itm_logits', 'pairwise_accuracy',
+           'itm_group_loss']
 
 # %% ../nbs/09_vilt.ipynb #008e5c63
 _HF_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu",
@@ -190,8 +191,9 @@ class PatchEmbeddings(nn.Module):
                 pixel_mask:Tensor|None=None # (B, H, W) 1 on real pixels, 0 on padding
                )->tuple[Tensor, Tensor]: # tokens (B, 1 + N, D) and their mask (B, 1 + N) bool
         P = self.patch_size
-        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.channels or pixel_values.shape[2] % P or pixel_values.shape[3] % P:
-            raise ValueError(f"pixel_values must be (B, {self.channels}, H, W) with H and W multiples of {P}, "
+        if (pixel_values.dim() != 4 or pixel_values.shape[1] != self.channels or pixel_values.shape[2] % P or pixel_values.shape[3] % P
+                or min(pixel_values.shape[2:]) < P):
+            raise ValueError(f"pixel_values must be (B, {self.channels}, H, W) with H and W positive multiples of {P}, "
                              f"got {tuple(pixel_values.shape)}")
         B, _, H, W = pixel_values.shape
         mask = self.patch_mask(pixel_mask, B, H, W, pixel_values.device)                # (B, Hp, Wp)
@@ -633,7 +635,9 @@ def scene_claims(colors:list[str], shapes:list[str], relation:str # one scene: t
 
 def render_claim(claim:tuple, template:int=0)->str:
     "A caption for a claim, in one of ITM_TEMPLATES."
+    if not 0 <= template < len(ITM_TEMPLATES): raise ValueError(f"template must lie in 0..{len(ITM_TEMPLATES) - 1}, got {template}")
     (ca, sa), rel, (cb, sb) = claim
+    if rel not in _RELATION_WORDS: raise ValueError(f"unknown relation {rel!r} in claim; known: {', '.join(_RELATION_WORDS)}")
     return ITM_TEMPLATES[template].format(a=f"{ca} {sa}", b=f"{cb} {sb}", rel=_RELATION_WORDS[rel])
 
 def mismatch(claim:tuple, kind:str, # one of ITM_KINDS except 'random'
@@ -648,6 +652,7 @@ def mismatch(claim:tuple, kind:str, # one of ITM_KINDS except 'random'
     pool = palette if kind == "colour" else shapes
     options = [x for x in pool if x != obj[kind == "shape"]]
     options = [x for x in options if ((x, obj[1]) if kind == "colour" else (obj[0], x)) != other]   # never the other object
+    if not options: raise ValueError(f"mismatch: no {kind} in {pool} differs from {obj} without giving the other object {other}")
     new = options[int(rng.integers(len(options)))]
     obj = (new, obj[1]) if kind == "colour" else (obj[0], new)
     return (obj, rel, b) if side == 0 else (a, rel, obj)
@@ -659,6 +664,7 @@ def itm_pairs(colors:list[list[str]], shapes:list[list[str]], relations:list[str
               seed:int=0)->dict[str, list]: # columns image, caption, label (1 = match), kind ('match' or a kind), group
     "Groups of one true caption and mismatched captions of the same phrasing, for image-text matching."
     if negatives not in ("one", "all"): raise ValueError(f"negatives must be 'one' or 'all', got {negatives!r}")
+    if repeats < 1: raise ValueError(f"repeats must be >= 1, got {repeats}")
     if not len(colors) == len(shapes) == len(relations) >= 2:
         raise ValueError(f"need at least 2 scenes with colors, shapes and relations of equal length, got "
                          f"{len(colors)}, {len(shapes)}, {len(relations)}")
@@ -703,6 +709,10 @@ def itm_logits(model:nn.Module, # forward(input_ids, pixel_values, attention_mas
                input_ids:Tensor, pixel_values:Tensor, attention_mask:Tensor, # (P, Lt), (P, C, H, W), (P, Lt): one row per pair
                batch_size:int=512, device:torch.device|str|None=None)->Tensor: # (P,) on the CPU
     "Match logits of many pairs, in eval mode and in batches."
+    if not len(input_ids) == len(pixel_values) == len(attention_mask):
+        raise ValueError(f"one row per pair: input_ids, pixel_values and attention_mask have {len(input_ids)}, "
+                         f"{len(pixel_values)} and {len(attention_mask)} rows")
+    if batch_size < 1: raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.eval()
     return torch.cat([model(input_ids[i:i + batch_size].to(device), pixel_values[i:i + batch_size].to(device),
@@ -713,8 +723,13 @@ def pairwise_accuracy(logits:Tensor, # (P,) a score per pair
                       pairs:dict # itm_pairs(...) columns of the same P pairs
                      )->dict[str, float]: # kind -> fraction of groups where the true caption scores higher
     "Per kind of negative: how often the true caption of a group outscores that group's mismatched caption (ties count half)."
-    if len(logits) != len(pairs["label"]): raise ValueError(f"{len(logits)} logits for {len(pairs['label'])} pairs")
+    missing = [k for k in ("label", "group", "kind") if k not in pairs]
+    if missing: raise KeyError(f"pairs needs the columns label, group and kind of itm_pairs; missing {missing}")
+    if logits.dim() != 1 or len(logits) != len(pairs["label"]):
+        raise ValueError(f"logits must be (P,) with one score per pair: {len(pairs['label'])} pairs, got logits {tuple(logits.shape)}")
     group, label = torch.as_tensor(pairs["group"]), torch.as_tensor(pairs["label"])
+    if torch.bincount(group[label == 1], minlength=int(group.max()) + 1)[group.unique()].ne(1).any():
+        raise ValueError("pairs: every group needs exactly one true caption (label 1)")
     true = torch.full((int(group.max()) + 1,), float("nan"))
     true[group[label == 1]] = logits[label == 1].float()
     res = {}
@@ -723,3 +738,11 @@ def pairwise_accuracy(logits:Tensor, # (P,) a score per pair
         t, f = true[group[sel]], logits[sel].float()
         res[kind] = ((t > f).float() + 0.5 * (t == f).float()).mean().item()
     return res
+
+# %% ../nbs/09_vilt.ipynb #88ca345a
+def itm_group_loss(logits:Tensor # (B, K) match logits of K captions per image, the true caption first
+                  )->Tensor:
+    "Cross-entropy of the true caption (column 0) against the mismatched captions of the same image."
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must be (B, K) with K >= 2 captions per image, got {tuple(logits.shape)}")
+    return F.cross_entropy(logits.float(), torch.zeros(len(logits), dtype=torch.long, device=logits.device))

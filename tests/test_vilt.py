@@ -11,8 +11,8 @@ from mmlab.attention import CoAttentionBlock
 from mmlab.clip import CLIP, ClipCfg, TextCfg, VisionCfg
 from mmlab.core import load_pretrained, tiny_vilt_config
 from mmlab.vilt import (ITM_KINDS, CoAttentionConfig, CoAttentionModel, DualEncoderMatcher, ImageTextMatcher, ITMHead, MLMHead,
-                        PatchEmbeddings, TextEmbeddings, ViLT, ViltConfig, ViltForITM, ViltForMLM, hf_patch_order, itm_logits,
-                        itm_loss, itm_pairs, load_renamed, mismatch, pairwise_accuracy, perturbed, random_vilt_inputs,
+                        PatchEmbeddings, TextEmbeddings, ViLT, ViltConfig, ViltForITM, ViltForMLM, hf_patch_order, itm_group_loss,
+                        itm_logits, itm_loss, itm_pairs, load_renamed, mismatch, pairwise_accuracy, perturbed, random_vilt_inputs,
                         render_claim, scene_claims, vilt_config_from_hf, vilt_config_to_hf, vilt_head_parity, vilt_hf_parity,
                         vilt_key_table, vilt_parity_configs)
 
@@ -429,11 +429,65 @@ def test_itm_pairs_structure_and_determinism():
     with pytest.raises(ValueError, match="no other scene"): itm_pairs([["red", "blue"]] * 2, [["circle", "square"]] * 2, ["left"] * 2, negatives="all")
 
 
+def test_group_loss_is_the_cross_entropy_of_the_first_caption():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 1.0]])
+    expect = -(logits.log_softmax(-1)[:, 0]).mean()
+    assert torch.allclose(itm_group_loss(logits), expect)
+    assert math.isclose(itm_group_loss(torch.zeros(4, 5)).item(), math.log(5), rel_tol=1e-6)
+    with pytest.raises(ValueError, match=r"\(3, 1\)"): itm_group_loss(torch.zeros(3, 1))
+    with pytest.raises(ValueError, match=r"\(6,\)"): itm_group_loss(torch.zeros(6))
+
+
 def test_pairwise_accuracy_by_hand():
     pairs = {"label": [1, 0, 0, 1, 0, 0], "group": [0, 0, 0, 1, 1, 1], "kind": ["match", "colour", "shape"] * 2}
     assert pairwise_accuracy(torch.tensor([2.0, 1.0, 3.0, -1.0, -2.0, 0.5]), pairs) == {"colour": 1.0, "shape": 0.0}
     assert pairwise_accuracy(torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 1.0]), pairs) == {"colour": 0.5, "shape": 0.5}
-    with pytest.raises(ValueError, match="5 logits for 6 pairs"): pairwise_accuracy(torch.zeros(5), pairs)
+    with pytest.raises(ValueError, match=r"6 pairs, got logits \(5,\)"): pairwise_accuracy(torch.zeros(5), pairs)
+    with pytest.raises(ValueError, match=r"got logits \(6, 1\)"): pairwise_accuracy(torch.zeros(6, 1), pairs)
+    with pytest.raises(KeyError, match="kind"): pairwise_accuracy(torch.zeros(6), {k: pairs[k] for k in ("label", "group")})
+    no_true = {**pairs, "label": [0, 0, 0, 1, 0, 0]}
+    with pytest.raises(ValueError, match="exactly one true caption"): pairwise_accuracy(torch.zeros(6), no_true)
+    later = {k: v[3:] for k, v in pairs.items()}                      # a subset of the groups is fine
+    assert pairwise_accuracy(torch.tensor([1.0, 0.0, 2.0]), later) == {"colour": 1.0, "shape": 0.0}
+
+
+def test_experiment_helpers_refuse_bad_arguments():
+    claim = scene_claims(["red", "blue"], ["circle", "square"], "left")[0]
+    with pytest.raises(ValueError, match=r"0\.\.2, got 3"): render_claim(claim, 3)
+    with pytest.raises(ValueError, match="'behind'"): render_claim((claim[0], "behind", claim[2]), 0)
+    rng = np.random.default_rng(0)
+    reds = scene_claims(["red", "red"], ["circle", "square"], "left")[0]
+    with pytest.raises(ValueError, match="no colour"): mismatch(reds, "colour", rng, ["red"], ["circle", "square"])
+    with pytest.raises(ValueError, match="repeats must be >= 1, got 0"):
+        itm_pairs([["red", "blue"]] * 2, [["circle", "square"]] * 2, ["left", "above"], repeats=0)
+    m = ImageTextMatcher(ViLT(ViltConfig(vocab_size=20, dim=16, heads=2, mlp_dim=16, max_text_len=6, image_size=16)), 16)
+    ids, px = torch.randint(1, 20, (4, 5)), torch.randn(4, 3, 16, 16)
+    with pytest.raises(ValueError, match="have 4, 3 and 4 rows"): itm_logits(m, ids, px[:3], torch.ones(4, 5))
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"): itm_logits(m, ids, px, torch.ones(4, 5), batch_size=0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(0, 3), Lt=st.integers(0, 8), C=st.integers(1, 4), H=st.integers(0, 20), W=st.integers(0, 20),
+       float_ids=st.booleans(), big_id=st.booleans(), mask_rows=st.integers(0, 20), two=st.booleans())
+def test_any_input_works_or_is_refused_by_mmlab(B, Lt, C, H, W, float_ids, big_id, mask_rows, two):
+    "Random shapes and dtypes: the models either run or raise a ValueError from mmlab's own checks, never from inside torch."
+    import traceback
+    from pathlib import Path
+    import mmlab
+    torch.manual_seed(0)
+    model = (CoAttentionModel(CoAttentionConfig(vocab_size=30, max_text_len=6, text_dim=16, image_dim=16, heads=2, image_size=16, patch_size=4))
+             if two else ViLT(ViltConfig(vocab_size=30, max_text_len=6, dim=16, heads=2, mlp_dim=16, image_size=16, patch_size=4)))
+    ids = torch.randint(0, 30, (B, Lt)) + (30 if big_id else 0)
+    ids = ids.float() if float_ids else ids
+    px, pm = torch.randn(B, C, H, W), torch.zeros(B, H, W); pm[:, :mask_rows] = 1
+    try:
+        out = model(ids, px, None, pm)
+    except ValueError as e:
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        assert Path(frame.filename).resolve().is_relative_to(Path(mmlab.__file__).parent), (frame, e)
+        return
+    assert B >= 1 and 1 <= Lt <= 6 and not float_ids and not big_id and C == 3 and H % 4 == 0 and W % 4 == 0 and mask_rows >= 1
+    assert torch.isfinite(out.pooler_output).all() and out.pooler_output.shape[0] == B
 
 
 # ---------------------------------------------------------------- GPU
