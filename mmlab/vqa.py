@@ -10,7 +10,7 @@ frontier models behind an API scored with the same metric."""
 # arXiv:1612.00837) as its evaluation script computes it, answer vocabularies with soft targets, region features
 # (after Anderson et al. 2018, arXiv:1707.07998), and the VQA models of the chapter: question-only, image-only,
 # LSTM with attention over regions (Kazemi & Elqursh 2017, arXiv:1704.03162) and fusion with mmlab.fusion (low-rank
-# bilinear pooling: Kim et al. 2017, arXiv:1610.04325).
+# bilinear pooling: Kim et al. 2017, arXiv:1610.04325) and ViLT's VQA head (Kim et al. 2021, arXiv:2102.03334).
 #
 # Letters used in shape comments: B questions, L words, R regions, D_v region width, D question width, A answers.
 from __future__ import annotations
@@ -29,12 +29,14 @@ from .attention import MultiHeadAttention
 from .data.schema import LABEL_KEY, Batch
 from .fusion import make_fusion
 from .train import ClassifierOutput, fit
+from .vilt import ViLT, ViltConfig, init_bert_, load_renamed, vilt_config_from_hf, vilt_key_table
 
 # %% auto #0
-__all__ = ['ANSWER_SCORES', 'normalize_answer', 'vqa_accuracy', 'vqa_score', 'AnswerVocab', 'soft_scores', 'tokenize_question',
-           'QuestionVocab', 'vqa_batch', 'RegionEncoderConfig', 'RegionEncoder', 'region_targets',
+__all__ = ['CONTRACTIONS', 'ANSWER_SCORES', 'normalize_answer', 'vqa_accuracy', 'vqa_score', 'AnswerVocab', 'soft_scores',
+           'tokenize_question', 'QuestionVocab', 'vqa_batch', 'RegionEncoderConfig', 'RegionEncoder', 'region_targets',
            'pretrain_region_encoder', 'encode_regions', 'VQAConfig', 'VQAOutput', 'vqa_loss', 'QuestionEncoder',
-           'VQAModel', 'QuestionOnlyVQA', 'ImageOnlyVQA', 'AttentionVQA', 'FusionVQA', 'predict_answers']
+           'VQAModel', 'QuestionOnlyVQA', 'ImageOnlyVQA', 'AttentionVQA', 'FusionVQA', 'predict_answers', 'ViltForVQA',
+           'vilt_vqa_parity']
 
 # %% ../nbs/10_vqa.ipynb #4897a0c3
 # Which characters the official script treats as punctuation (the full stop, the apostrophe and the colon are not
@@ -76,12 +78,12 @@ def _contraction_table()->dict[str, str]:
     table["somebody'd"] = "somebodyd"
     return table
 
-_CONTRACTIONS = _contraction_table()
+CONTRACTIONS = _contraction_table()   # "dont" -> "don't", ... (118 entries, as the script's table)
 
 def _digits_and_articles(text:str)->str:
     "Step 2: lower-case, number words to digits, articles dropped, contractions spelled out; words joined by one space."
     words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
-    return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
+    return " ".join(CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
 def _clean_whitespace(text:str)->str: return text.replace("\n", " ").replace("\t", " ").strip()
 
@@ -217,7 +219,7 @@ ANSWER_SCORES = "answer_scores"   # the Batch label with the (B, A) soft targets
 
 def _column(ds, name:str)->list:
     "A column of a datasets.Dataset or of a list of row dicts."
-    return ds[name] if hasattr(ds, "column_names") else [r[name] for r in ds]
+    return list(ds[name]) if hasattr(ds, "column_names") else [r[name] for r in ds]
 
 def _scene_images(ds)->tuple[Tensor, Tensor]:
     "Each distinct image of a question table once, (n_images, 3, H, W) in [0, 1], and each question's row in it (N,)."
@@ -227,14 +229,24 @@ def _scene_images(ds)->tuple[Tensor, Tensor]:
     row = {iid: k for k, iid in enumerate(first)}
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255, torch.tensor([row[i] for i in _column(ds, "image_id")])
 
+def _encode_text(words, questions:list[str], max_len:int|None)->tuple[Tensor, Tensor]:
+    "Question ids and padding mask from a QuestionVocab, or from a Hugging Face tokenizer ([CLS] ... [SEP])."
+    if isinstance(words, QuestionVocab): return words.encode(questions, max_len)
+    enc = words(questions, padding="max_length" if max_len else "longest", truncation=max_len is not None,
+                max_length=max_len, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"].bool()
+
 def vqa_batch(ds, # questions: a datasets.Dataset (make_scene_vqa; read_vqa with images loaded) or a list of row dicts
-              answers:AnswerVocab, words:QuestionVocab, max_len:int|None=None)->Batch:
+              answers:AnswerVocab,
+              words, # a QuestionVocab (the LSTM models) or a Hugging Face tokenizer (ViLT)
+              max_len:int|None=None # pad or cut questions to this many tokens; the longest if None
+             )->Batch:
     "One Batch of a question table: pixels, question ids with padding mask and, when it has human answers, the targets."
     cols = ds.column_names if hasattr(ds, "column_names") else list(ds[0]) if len(ds) else []
     need = [c for c in ("question_id", "image_id", "image", "question") if c not in cols]
     if need or not len(ds): raise KeyError(f"vqa_batch: need a non-empty table with columns question_id, image_id, image, question; got {len(ds)} rows with {cols}")
     pixels, row = _scene_images(ds)
-    ids, pad = words.encode(_column(ds, "question"), max_len)
+    ids, pad = _encode_text(words, _column(ds, "question"), max_len)
     labels = {}
     if "answers" in cols:
         scores = soft_scores(_column(ds, "answers"), answers)
@@ -353,6 +365,13 @@ def _classifier(d_in:int, c:VQAConfig)->nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, c.hidden), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(c.hidden, c.num_answers))
 
 # %% ../nbs/10_vqa.ipynb #cfd003ad
+def _require(batch:Batch, modalities:tuple[str, ...], who:str):
+    "Refuse a batch in which a modality the model reads is marked absent for some question (Batch.hide)."
+    for m in modalities:
+        if m in batch.mask and not bool(batch.mask[m].all()):
+            raise ValueError(f"{who}: every question needs its {m!r} input, but {int((~batch.mask[m].bool()).sum())} of "
+                             f"{len(batch.mask[m])} are marked absent in batch.mask[{m!r}]; this model has no missing-modality path")
+
 class VQAModel(nn.Module):
     "Base of the question-and-region models: checks the batch, computes logits, scores them against the soft targets."
     uses_question = uses_image = True
@@ -361,6 +380,7 @@ class VQAModel(nn.Module):
         self.config = config
     def inputs(self, batch:Batch)->tuple[Tensor, Tensor, Tensor]: # regions (B, R, D_v), ids (B, L), pad mask (B, L)
         if not isinstance(batch, Batch): raise TypeError(f"{type(self).__name__} takes a Batch (mmlab.vqa.vqa_batch), got {type(batch).__name__}")
+        _require(batch, ("vision",) * self.uses_image + ("text",) * self.uses_question, type(self).__name__)
         c, v = self.config, batch.inputs.get("vision")
         if v is None or v.dim() != 3 or v.shape[1:] != (c.regions, c.region_dim):
             raise ValueError(f"{type(self).__name__}: expected region features (B, {c.regions}, {c.region_dim}) in "
@@ -433,3 +453,56 @@ def predict_answers(model:nn.Module, batch:Batch, vocab:AnswerVocab, batch_size:
     device = next(model.parameters()).device
     logits = torch.cat([model(b.to(device)).logits.float().cpu() for b in batch.split(batch_size)])
     return {int(q): vocab.answers[i] for q, i in zip(batch.sample_id, logits.argmax(1).tolist())}
+
+# %% ../nbs/10_vqa.ipynb #1b786bb8
+class ViltForVQA(nn.Module):
+    "ViLT with the VQA head of Hugging Face's `ViltForQuestionAnswering`: an MLP on the pooled [CLS] token, one logit per answer."
+    HF_HEAD_KEYS = [(f"classifier.{i}.{w}", f"classifier.{i}.{w}") for i in (0, 1, 3) for w in ("weight", "bias")]
+    def __init__(self, cfg:ViltConfig, # the backbone (mmlab.vilt)
+                 num_answers:int # A
+                ):
+        super().__init__()
+        if not (isinstance(num_answers, int) and num_answers >= 1): raise ValueError(f"num_answers must be a positive integer, got {num_answers!r}")
+        self.cfg, self.num_answers = cfg, num_answers
+        self.backbone = ViLT(cfg)
+        D = cfg.dim
+        self.classifier = nn.Sequential(nn.Linear(D, 2 * D), nn.LayerNorm(2 * D), nn.GELU(), nn.Linear(2 * D, num_answers))
+        init_bert_(self.classifier, cfg.init_std)
+
+    def logits(self, input_ids:Tensor, # (B, Lt) [CLS] question [SEP], padded
+               pixel_values:Tensor, # (B, C, H, W)
+               attention_mask:Tensor|None=None, pixel_mask:Tensor|None=None)->Tensor: # (B, A)
+        return self.classifier(self.backbone(input_ids, pixel_values, attention_mask, pixel_mask).pooler_output)
+
+    def forward(self, batch:Batch)->VQAOutput:
+        if not isinstance(batch, Batch): raise TypeError(f"ViltForVQA takes a Batch (mmlab.vqa.vqa_batch), got {type(batch).__name__}")
+        _require(batch, ("vision", "text"), "ViltForVQA")
+        px = batch.inputs.get("vision")
+        if px is None or px.dim() != 4: raise ValueError(f"ViltForVQA: expected pixels (B, C, H, W) in batch.inputs['vision'], "
+                                                         f"got {None if px is None else tuple(px.shape)}")
+        out = VQAOutput(self.logits(batch.inputs["text"], px, batch.pad_mask["text"].long()))
+        if ANSWER_SCORES in batch.labels: out.loss, out.labels = vqa_loss(out.logits, batch.labels[ANSWER_SCORES]), batch.target()
+        return out
+
+    @classmethod
+    def from_hf(cls, hf_model # a transformers ViltForQuestionAnswering
+               )->ViltForVQA:
+        "mmlab's ViLT VQA model with the config and weights of a Hugging Face `ViltForQuestionAnswering`."
+        if not hasattr(hf_model, "vilt") or not hasattr(hf_model, "classifier"):
+            raise TypeError(f"ViltForVQA.from_hf needs a ViltForQuestionAnswering, got {type(hf_model).__name__}")
+        model = cls(vilt_config_from_hf(hf_model.config), hf_model.config.num_labels)
+        table = [(f"backbone.{a}", f"vilt.{b}") for a, b in vilt_key_table(model.cfg)] + cls.HF_HEAD_KEYS
+        load_renamed(model, hf_model.state_dict(), table, "ViltForQuestionAnswering")
+        return model.to(next(hf_model.parameters()).dtype)
+
+# %% ../nbs/10_vqa.ipynb #750f0688
+@torch.no_grad()
+def vilt_vqa_parity(hf_model, # a transformers ViltForQuestionAnswering (eval mode)
+                    input_ids:Tensor, pixel_values:Tensor, attention_mask:Tensor, pixel_mask:Tensor,
+                    scores:Tensor # (B, A) soft targets
+                   )->dict: # largest |difference| of the logits, and |difference| of the losses
+    "Compare ViltForVQA, loaded with `hf_model`'s weights, with `hf_model` on the same inputs and targets."
+    ours = ViltForVQA.from_hf(hf_model.eval()).eval()
+    ref = hf_model(input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, pixel_mask=pixel_mask, labels=scores)
+    logits = ours.logits(input_ids, pixel_values, attention_mask, pixel_mask)
+    return {"logits": (logits - ref.logits).abs().max().item(), "loss": (vqa_loss(logits, scores) - ref.loss).abs().item()}

@@ -11,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from mmlab import vqa
 from mmlab.vqa import (ANSWER_SCORES, AnswerVocab, AttentionVQA, FusionVQA, ImageOnlyVQA, QuestionOnlyVQA, QuestionVocab,
-                       RegionEncoder, VQAConfig, encode_regions, normalize_answer, predict_answers, region_targets,
-                       soft_scores, vqa_accuracy, vqa_batch, vqa_loss, vqa_score)
+                       RegionEncoder, VQAConfig, ViltForVQA, encode_regions, normalize_answer, predict_answers,
+                       region_targets, soft_scores, vilt_vqa_parity, vqa_accuracy, vqa_batch, vqa_loss, vqa_score)
 
 CASES = json.loads((Path(__file__).parent / "data" / "vqa_official_cases.json").read_text())
 
@@ -82,7 +82,7 @@ def test_every_punctuation_mark_is_deleted_or_spaced():
         assert normalize_answer(f"ab{kept}cd") == f"ab{kept}cd"
 
 def test_contraction_table_matches_the_scripts_size_and_shape():
-    t = vqa._CONTRACTIONS
+    t = vqa.CONTRACTIONS
     assert len(t) == 118 and all("'" in v or v == "somebodyd" for v in t.values())
     assert all(k.count("'") == v.count("'") - 1 for k, v in t.items() if v != "somebodyd")
 
@@ -282,6 +282,19 @@ def test_models_refuse_pixels_and_non_batches(regional, scenes):
     with pytest.raises(ValueError, match="region features"): AttentionVQA(cfg)(scenes[3][:2])
     with pytest.raises(TypeError, match="Batch"): AttentionVQA(cfg)({"vision": b.inputs["vision"]})
 
+def test_models_refuse_a_modality_marked_absent_unless_they_never_read_it(regional):
+    b, cfg = regional
+    b = b[:4]
+    torch.manual_seed(0)
+    for Model, needs in ((AttentionVQA, ("vision", "text")), (FusionVQA, ("vision", "text")), (QuestionOnlyVQA, ("text",)),
+                         (ImageOnlyVQA, ("vision",))):
+        m = Model(cfg).eval()
+        for modality in ("vision", "text"):
+            if modality in needs:
+                with pytest.raises(ValueError, match=f"{Model.__name__}: every question needs its '{modality}' input"): m(b.hide([modality]))
+            else:
+                assert torch.equal(m(b.hide([modality])).logits, m(b).logits)            # the baseline never reads it
+
 def test_predict_answers_maps_question_ids_to_answers(regional, scenes):
     b, cfg = regional
     answers = scenes[1]
@@ -291,6 +304,81 @@ def test_predict_answers_maps_question_ids_to_answers(regional, scenes):
     assert list(pred) == [int(s) for s in b.sample_id] and set(pred.values()) <= set(answers.answers)
     with torch.no_grad(): top = m.eval()(b).logits.argmax(1)
     assert [pred[int(s)] for s in b.sample_id] == [answers.answers[i] for i in top]
+
+# --- ViLT with a VQA head ---
+
+def _hf_vqa(cfg, num_labels, seed=0):
+    import transformers
+    from mmlab.vilt import perturbed
+    cfg = transformers.ViltConfig(**{**cfg.to_dict(), "num_labels": num_labels})
+    torch.manual_seed(seed)
+    return perturbed(transformers.ViltForQuestionAnswering(cfg), seed=seed)
+
+@pytest.mark.parametrize("name", ["tiny", "wide", "deep"])
+def test_vilt_vqa_equals_hugging_faces_vilt_for_question_answering(name):
+    from mmlab.vilt import random_vilt_inputs, vilt_parity_configs
+    cfg = vilt_parity_configs()[name]
+    hf = _hf_vqa(cfg, num_labels=7, seed=len(name))
+    ids, px, att, pm = random_vilt_inputs(hf.config, batch=5, length=min(9, cfg.max_position_embeddings), seed=2)
+    scores = torch.rand(5, 7) * (torch.rand(5, 7) < .4)                          # soft targets, mostly 0
+    gaps = vilt_vqa_parity(hf, ids, px, att, pm, scores)
+    assert gaps["logits"] < 1e-5 and gaps["loss"] < 1e-5, gaps
+    ours = ViltForVQA.from_hf(hf).eval()
+    with torch.no_grad(): ref = hf(input_ids=ids, pixel_values=px, attention_mask=att, pixel_mask=pm, labels=scores)
+    assert ours.num_answers == 7 and ref.loss > 0.1                               # a loss that a wrong head would miss
+    wrong = ViltForVQA.from_hf(hf).eval()
+    with torch.no_grad(): wrong.classifier[1].weight.mul_(1.1)
+    assert (wrong.logits(ids, px, att, pm) - ref.logits).abs().max() > 1e-3        # the comparison can fail
+
+@pytest.fixture(scope="module")
+def vilt_setup(scenes):
+    from mmlab.core import load_tokenizer
+    from mmlab.vilt import ViltConfig
+    ds, answers = scenes[0], scenes[1]
+    tok = load_tokenizer("dandelin/vilt-b32-finetuned-vqa", verbose=False)
+    cfg = ViltConfig(vocab_size=len(tok), max_text_len=32, dim=32, heads=4, mlp_dim=48, layers=2, image_size=48, patch_size=16)
+    return vqa_batch(ds.select(range(12)), answers, tok), cfg, tok, answers
+
+def test_vilt_vqa_trains_on_a_batch_of_word_pieces_and_pixels(vilt_setup):
+    b, cfg, tok, answers = vilt_setup
+    assert b.inputs["vision"].shape == (12, 3, 48, 48) and (b.inputs["text"][:, 0] == tok.cls_token_id).all()
+    assert b.pad_mask["text"].dtype == torch.bool and b.pad_mask["text"].sum(1).min() >= 3       # [CLS] words [SEP]
+    torch.manual_seed(0)
+    m = ViltForVQA(cfg, len(answers))
+    out = m(b)
+    assert out.logits.shape == (12, len(answers)) and torch.equal(out.labels, b.labels["label"])
+    torch.testing.assert_close(out.loss, vqa_loss(out.logits, b.labels[ANSWER_SCORES]))
+    out.loss.backward()
+    assert all(p.grad is not None for p in m.classifier.parameters())
+    assert m(replace(b, labels={})).loss is None
+
+def test_vilt_vqa_ignores_padding_and_reads_both_modalities(vilt_setup, scenes):
+    b, cfg, tok, answers = vilt_setup
+    torch.manual_seed(0)
+    m = ViltForVQA(cfg, len(answers)).eval()
+    longer = vqa_batch(scenes[0].select(range(12)), answers, tok, max_len=24)    # the same questions padded further
+    assert longer.inputs["text"].shape[1] == 24 > b.inputs["text"].shape[1]
+    with torch.no_grad():
+        ref = m(b).logits
+        torch.testing.assert_close(m(longer).logits, ref, atol=1e-5, rtol=1e-5)
+        other_image = replace(b, inputs={**b.inputs, "vision": b.inputs["vision"].flip(0)})
+        other_text = replace(b, inputs={**b.inputs, "text": b.inputs["text"].flip(0)}, pad_mask={"text": b.pad_mask["text"].flip(0)})
+        assert not torch.allclose(m(other_image).logits, ref) and not torch.allclose(m(other_text).logits, ref)
+
+def test_vilt_vqa_refuses_bad_input(vilt_setup, regional):
+    b, cfg, tok, answers = vilt_setup
+    import transformers
+    from mmlab.vilt import vilt_parity_configs
+    for bad in (0, -3, 2.5, "24"):
+        with pytest.raises(ValueError, match="num_answers must be a positive integer"): ViltForVQA(cfg, bad)
+    m = ViltForVQA(cfg, len(answers))
+    with pytest.raises(TypeError, match="takes a Batch"): m({"vision": b.inputs["vision"]})
+    with pytest.raises(ValueError, match=r"expected pixels \(B, C, H, W\)"): m(regional[0][:2])     # region features
+    no_image = replace(b, inputs={"text": b.inputs["text"]}, mask={"text": b.mask["text"]})
+    with pytest.raises(ValueError, match="expected pixels"): m(no_image)
+    with pytest.raises(ValueError, match=r"'vision' input, but 12 of 12 are marked absent"): m(b.hide(["vision"]))
+    with pytest.raises(ValueError, match=r"'text' input, but 12 of 12"): m(b.hide(["text"]))
+    with pytest.raises(TypeError, match="needs a ViltForQuestionAnswering"): ViltForVQA.from_hf(transformers.ViltModel(vilt_parity_configs()["tiny"]))
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_bf16_autocast_forward_and_backward_agree_with_fp32_on_cuda(regional):
@@ -311,3 +399,21 @@ def test_bf16_autocast_forward_and_backward_agree_with_fp32_on_cuda(regional):
         torch.testing.assert_close(out.loss.float(), ref.loss, atol=5e-2, rtol=2e-2)
         cos = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g in g16]).float(), torch.cat([g.flatten() for g in g32]), dim=0)
         assert cos > 0.99, cos
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_vilt_vqa_bf16_autocast_agrees_with_fp32_on_cuda(vilt_setup):
+    b, cfg, tok, answers = vilt_setup
+    b = b.to("cuda")
+    torch.manual_seed(0)
+    m = ViltForVQA(cfg, len(answers)).cuda().eval()
+    ref = m(b)
+    ref.loss.backward()
+    g32 = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])
+    m.zero_grad()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = m(b)
+    out.loss.backward()
+    g16 = torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None]).float()
+    torch.testing.assert_close(out.logits.float(), ref.logits, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(out.loss.float(), ref.loss, atol=5e-2, rtol=2e-2)
+    assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
