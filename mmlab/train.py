@@ -265,6 +265,12 @@ def _make_accelerator(cfg:FitConfig):
                        rng_types=[], dataloader_config=DataLoaderConfiguration(even_batches=True))
 
 # %% ../nbs/04b_train.ipynb #61a75ced
+def _batch_size(batch:Any)->int:
+    "The number of samples in a batch of any of the shapes `default_forward` accepts."
+    if isinstance(batch, Batch): return len(batch)
+    first = next(iter(batch.values())) if isinstance(batch, Mapping) else batch[0] if isinstance(batch, (tuple, list)) else batch
+    return len(first) if hasattr(first, "__len__") else 1
+
 @torch.no_grad()
 def _evaluate(accelerator, model, loader, forward_fn, loss_fn)->dict:
     "Mean loss and (when there are logits and labels) accuracy over `loader`, gathered across processes."
@@ -275,7 +281,7 @@ def _evaluate(accelerator, model, loader, forward_fn, loss_fn)->dict:
             out = forward_fn(model, batch)
             loss = _loss_of(out, batch, loss_fn).float()
         logits, labels = _field(out, "logits"), _field(out, "labels")
-        n = len(labels) if labels is not None else 1
+        n = len(labels) if labels is not None else _batch_size(batch)   # weigh each sample once, whatever the batch sizes
         stats = torch.tensor([loss.item() * n, n], device=accelerator.device)
         if logits is not None and labels is not None:
             logits, labels = accelerator.gather_for_metrics((logits.float(), labels))
