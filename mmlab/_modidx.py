@@ -1101,6 +1101,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            'mmlab.vqa._NameRegions.__init__': ('vqa.html#_nameregions.__init__', 'mmlab/vqa.py'),
                            'mmlab.vqa._NameRegions.forward': ('vqa.html#_nameregions.forward', 'mmlab/vqa.py'),
                            'mmlab.vqa._annotation_rows': ('vqa.html#_annotation_rows', 'mmlab/vqa.py'),
+                           'mmlab.vqa._answer_lists': ('vqa.html#_answer_lists', 'mmlab/vqa.py'),
                            'mmlab.vqa._classifier': ('vqa.html#_classifier', 'mmlab/vqa.py'),
                            'mmlab.vqa._clean_whitespace': ('vqa.html#_clean_whitespace', 'mmlab/vqa.py'),
                            'mmlab.vqa._column': ('vqa.html#_column', 'mmlab/vqa.py'),

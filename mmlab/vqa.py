@@ -98,7 +98,7 @@ def vqa_accuracy(prediction:str, # the model's answer, as it wrote it
                 )->float: # in [0, 1]: the mean over leave-one-out subsets of min(1, matches / 3)
     "The official VQA accuracy of one answer: normalised only when the humans disagree, averaged over leave-one-out subsets."
     if not isinstance(prediction, str): raise TypeError(f"vqa_accuracy: prediction must be a str, got {type(prediction).__name__}")
-    if isinstance(human_answers, str) or not human_answers or not all(isinstance(h, str) for h in human_answers):
+    if not isinstance(human_answers, (list, tuple)) or not human_answers or not all(isinstance(h, str) for h in human_answers):
         raise ValueError(f"vqa_accuracy: human_answers must be a non-empty list of str, got {human_answers!r}")
     humans, pred = [_clean_whitespace(h) for h in human_answers], _clean_whitespace(prediction)
     if len(set(humans)) > 1:              # the script normalises only when the humans differ (after stripping)
@@ -164,6 +164,15 @@ def vqa_score(predictions:dict, # question_id -> predicted answer (str)
             "per_question": {q: _round_half_up(100 * a, digits) for q, a in per_q.items()}}
 
 # %% ../nbs/10_vqa.ipynb #7c375ff4
+def _answer_lists(human_answers)->list:
+    "Check that `human_answers` is a list with one list of str answers per question."
+    if isinstance(human_answers, (str, dict)) or not hasattr(human_answers, "__len__"):
+        raise TypeError(f"human_answers must be a list with, per question, a list of str answers; got {type(human_answers).__name__}")
+    for i, answers in enumerate(human_answers):
+        if not isinstance(answers, (list, tuple)) or not all(isinstance(a, str) for a in answers):
+            raise TypeError(f"human_answers[{i}] must be a list of str answers, got {answers!r}")
+    return human_answers
+
 @dataclass
 class AnswerVocab:
     "The answers a classifier can give: the most frequent normalised human answers."
@@ -177,16 +186,17 @@ class AnswerVocab:
     def build(cls, human_answers:list[list[str]], # per question, the human answers
               size:int # A: keep the `size` most frequent normalised answers
              )->AnswerVocab:
-        counts = Counter(normalize_answer(a) for answers in human_answers for a in answers)
-        if size < 1: raise ValueError(f"size must be >= 1, got {size}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1: raise ValueError(f"size must be an integer >= 1, got {size!r}")
+        counts = Counter(normalize_answer(a) for answers in _answer_lists(human_answers) for a in answers)
         return cls([a for a, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:size]])
 
 def soft_scores(human_answers:list[list[str]], # per question, the human answers
                 vocab:AnswerVocab
                )->Tensor: # (N, A): the VQA accuracy each vocabulary answer would get, humans normalised first
     "Soft targets: for each question and vocabulary answer, its VQA accuracy against the normalised human answers."
+    if not isinstance(vocab, AnswerVocab): raise TypeError(f"soft_scores: vocab must be an AnswerVocab, got {type(vocab).__name__}")
     out = torch.zeros(len(human_answers), len(vocab))
-    for i, answers in enumerate(human_answers):
+    for i, answers in enumerate(_answer_lists(human_answers)):
         norm = [normalize_answer(a) for a in answers]
         for a in set(norm) & vocab.index.keys(): out[i, vocab.index[a]] = vqa_accuracy(a, norm)
     return out
@@ -231,7 +241,11 @@ def _scene_images(ds)->tuple[Tensor, Tensor]:
 
 def _encode_text(words, questions:list[str], max_len:int|None)->tuple[Tensor, Tensor]:
     "Question ids and padding mask from a QuestionVocab, or from a Hugging Face tokenizer ([CLS] ... [SEP])."
+    if max_len is not None and (not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1):
+        raise ValueError(f"vqa_batch: max_len must be a positive integer or None, got {max_len!r}")
     if isinstance(words, QuestionVocab): return words.encode(questions, max_len)
+    if not callable(words) or not hasattr(words, "pad_token_id"):
+        raise TypeError(f"vqa_batch: words must be a QuestionVocab or a Hugging Face tokenizer, got {type(words).__name__}")
     enc = words(questions, padding="max_length" if max_len else "longest", truncation=max_len is not None,
                 max_length=max_len, return_tensors="pt")
     return enc["input_ids"], enc["attention_mask"].bool()
@@ -242,6 +256,7 @@ def vqa_batch(ds, # questions: a datasets.Dataset (make_scene_vqa; read_vqa with
               max_len:int|None=None # pad or cut questions to this many tokens; the longest if None
              )->Batch:
     "One Batch of a question table: pixels, question ids with padding mask and, when it has human answers, the targets."
+    if not isinstance(answers, AnswerVocab): raise TypeError(f"vqa_batch: answers must be an AnswerVocab, got {type(answers).__name__}")
     cols = ds.column_names if hasattr(ds, "column_names") else list(ds[0]) if len(ds) else []
     need = [c for c in ("question_id", "image_id", "image", "question") if c not in cols]
     if need or not len(ds): raise KeyError(f"vqa_batch: need a non-empty table with columns question_id, image_id, image, question; got {len(ds)} rows with {cols}")
@@ -452,6 +467,8 @@ def predict_answers(model:nn.Module, batch:Batch, vocab:AnswerVocab, batch_size:
     model.eval()
     device = next(model.parameters()).device
     logits = torch.cat([model(b.to(device)).logits.float().cpu() for b in batch.split(batch_size)])
+    if logits.shape[1] != len(vocab):
+        raise ValueError(f"predict_answers: the model gives {logits.shape[1]} logits per question but vocab has {len(vocab)} answers")
     return {int(q): vocab.answers[i] for q, i in zip(batch.sample_id, logits.argmax(1).tolist())}
 
 # %% ../nbs/10_vqa.ipynb #1b786bb8

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
+from test_bad_input import works_or_refuses
 
 from mmlab import vqa
 from mmlab.vqa import (ANSWER_SCORES, AnswerVocab, AttentionVQA, FusionVQA, ImageOnlyVQA, QuestionOnlyVQA, QuestionVocab,
@@ -106,6 +107,16 @@ def test_bad_input_is_refused_with_the_argument_named():
     with pytest.raises(ValueError, match="non-empty list of str"): vqa_accuracy("2", ["2", None])
     with pytest.raises(TypeError, match="expected a str answer"): normalize_answer(b"yes")
 
+@settings(max_examples=60, deadline=None)
+@given(pred=st.one_of(st.text(max_size=12), st.none(), st.integers()),
+       humans=st.one_of(st.lists(st.one_of(st.text(max_size=8), st.none()), max_size=12), st.text(max_size=5), st.integers(), st.none()))
+def test_the_metric_works_or_refuses_with_its_own_error(pred, humans):
+    works_or_refuses(lambda: vqa_accuracy(pred, humans))
+    works_or_refuses(lambda: normalize_answer(pred))
+    works_or_refuses(lambda: AnswerVocab.build(humans if not isinstance(humans, list) else [humans], 3))
+    ann = [{"question_id": 1, "answers": humans, "answer_type": "other", "question_type": "q"}]
+    works_or_refuses(lambda: vqa_score({1: pred}, ann))
+
 # --- vqa_score ---
 
 def _ann(qid, answers, at="other", qt="what"):
@@ -171,6 +182,18 @@ def test_vqa_batch(scenes):
     b2 = vqa_batch(rows, answers, words)
     assert torch.equal(b2.inputs["text"], b.inputs["text"][:3, :b2.inputs["text"].shape[1]]) and torch.equal(b2.labels[ANSWER_SCORES], b.labels[ANSWER_SCORES][:3])
     with pytest.raises(KeyError, match="question_id"): vqa_batch([], answers, words)
+    with pytest.raises(TypeError, match="answers must be an AnswerVocab"): vqa_batch(rows, ["red"], words)
+    with pytest.raises(TypeError, match="words must be a QuestionVocab or a Hugging Face tokenizer"): vqa_batch(rows, answers, {"red": 2})
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="max_len must be a positive integer"): vqa_batch(rows, answers, words, max_len=bad)
+
+def test_answer_lists_are_checked_per_question():
+    v = AnswerVocab(["red", "2"])
+    with pytest.raises(TypeError, match=r"human_answers\[1\] must be a list of str"): soft_scores([["red"], "red"], v)
+    with pytest.raises(TypeError, match=r"human_answers\[0\] must be a list of str"): AnswerVocab.build([["red", 2]], 2)
+    with pytest.raises(TypeError, match="human_answers must be a list"): soft_scores("red", v)
+    with pytest.raises(TypeError, match="vocab must be an AnswerVocab"): soft_scores([["red"]], ["red"])
+    with pytest.raises(ValueError, match="size must be an integer"): AnswerVocab.build([["a"]], size=2.5)
 
 # --- region features ---
 
@@ -304,6 +327,7 @@ def test_predict_answers_maps_question_ids_to_answers(regional, scenes):
     assert list(pred) == [int(s) for s in b.sample_id] and set(pred.values()) <= set(answers.answers)
     with torch.no_grad(): top = m.eval()(b).logits.argmax(1)
     assert [pred[int(s)] for s in b.sample_id] == [answers.answers[i] for i in top]
+    with pytest.raises(ValueError, match="gives 24 logits per question but vocab has 2 answers"): predict_answers(m, b, AnswerVocab(["a", "b"]))
 
 # --- ViLT with a VQA head ---
 
