@@ -4,9 +4,10 @@ import pytest
 import datasets
 
 from mmlab.data import synth
-from mmlab.data.synth import make_trimodal, make_shape_captions, make_av_digits, make_sentiment, make_robot_navigation
+from mmlab.data.synth import (make_trimodal, make_shape_captions, make_av_digits, make_sentiment, make_robot_navigation,
+                              make_scene_vqa, write_vqa)
 
-GENERATORS = [make_trimodal, make_shape_captions, make_av_digits, make_sentiment, make_robot_navigation]
+GENERATORS = [make_trimodal, make_shape_captions, make_av_digits, make_sentiment, make_robot_navigation, make_scene_vqa]
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch): monkeypatch.setenv("MMLAB_CACHE_DIR", str(tmp_path / "cache"))
@@ -20,7 +21,8 @@ def test_same_seed_same_bytes_other_seed_differs(make):
     a, b, c = make(16, seed=5, cache=False), make(16, seed=5, cache=False), make(16, seed=6, cache=False)
     assert _table(a).equals(_table(b))
     assert not _table(a).equals(_table(c))
-    assert len(a) == 16 and a[0]["sample_id"] != c[0]["sample_id"]
+    assert len(a) % 16 == 0 and len(set(a["sample_id"])) == len(a)    # n samples (n scenes of several questions for VQA)
+    assert a[0]["sample_id"] != c[0]["sample_id"]
 
 @pytest.mark.parametrize("make", GENERATORS, ids=lambda f: f.__name__)
 def test_cache_roundtrip(make, tmp_path):
@@ -101,6 +103,87 @@ def test_sentiment_cues_disagree_and_go_missing_at_the_asked_rates():
         assert ((cue == -1) == ~has).all() and abs((~has).mean() - .2) < .06
     assert all(r["has_text"] or r["has_image"] or r["has_audio"] for r in ds)
 
+
+# --- scenes with questions (make_scene_vqa, write_vqa) ---
+
+def _objects(r):
+    return [dict(color=c, shape=s, row=rc[0], col=rc[1]) for c, s, rc in zip(r["colors"], r["shapes"], r["cells"])]
+
+def _solve(r):
+    "The answer to each template, recomputed from the scene's fields (not from the generator's candidate list)."
+    import re
+    objs, q = _objects(r), r["question"]
+    yn = lambda b: "yes" if b else "no"
+    named = lambda name: [o for o in objs if name in (o["shape"], f"{o['color']} {o['shape']}")]
+    if m := re.fullmatch(r"what color is the (\w+)\?", q): (o,) = named(m[1]); return o["color"]
+    if m := re.fullmatch(r"what shape is the (\w+) object\?", q): (o,) = [o for o in objs if o["color"] == m[1]]; return o["shape"]
+    if q == "how many objects are there?": return str(len(objs))
+    if m := re.fullmatch(r"how many (\w+) objects are there\?", q): return str(sum(o["color"] == m[1] for o in objs))
+    if m := re.fullmatch(r"how many (\w+) are there\?", q): return str(sum(m[1] in (o["shape"] + "s", o["shape"] + "es") for o in objs))
+    if m := re.fullmatch(r"is there an? (\w+) (\w+)\?", q): return yn(any((o["color"], o["shape"]) == (m[1], m[2]) for o in objs))
+    if m := re.fullmatch(r"are there more (\w+) objects than (\w+) objects\?", q):
+        return yn(sum(o["color"] == m[1] for o in objs) > sum(o["color"] == m[2] for o in objs))
+    if m := re.fullmatch(r"is the (\w+) the same color as the (\w+)\?", q):
+        (a,), (b,) = named(m[1]), named(m[2]); return yn(a["color"] == b["color"])
+    m = re.fullmatch(r"what color is the object (to the left of|to the right of|above|below) the (\w+(?: \w+)?)\?", q)
+    (o,) = named(m[2])
+    key = {"to the left of": lambda p: p["col"] < o["col"], "to the right of": lambda p: p["col"] > o["col"],
+           "above": lambda p: p["row"] < o["row"], "below": lambda p: p["row"] > o["row"]}[m[1]]
+    (hit,) = [p for p in objs if p is not o and key(p)]          # exactly one object in the relation
+    return hit["color"]
+
+def test_scene_vqa_answers_follow_from_the_scene_and_are_unambiguous():
+    ds = make_scene_vqa(150, seed=4, cache=False)
+    for r in ds:
+        assert _solve(r) == r["answer"], (r["question"], r["answer"])
+        assert len({(o["color"], o["shape"]) for o in _objects(r)}) == len(r["colors"]) >= 2
+        assert len({tuple(c) for c in r["cells"]}) == len(r["cells"])
+        assert r["answer_type"] == synth.SCENE_QUESTION_TYPES[r["question_type"]]
+
+def test_scene_vqa_human_answers_agree_mostly_and_vary_in_form():
+    ds = make_scene_vqa(300, seed=0, cache=False)
+    agree = np.array([a.count(t) for a, t in zip(ds["answers"], ds["answer"])]) / 10
+    assert .68 < agree.mean() < .85 and (agree < .7).mean() > .1         # mostly typed as the answer; some disputed
+    assert .25 < np.mean([len(set(a)) == 1 for a in ds["answers"]]) < .6  # a good share unanimous, to the letter
+    styled = {a for ans in ds["answers"] for a in ans} - set(ds["answer"])
+    assert {"Yes", "two", "yep", "No!", "2 objects", "it is red"} <= styled, sorted(styled)[:30]
+    assert all(a.count(m) == max(a.count(x) for x in a) for m, a in zip(ds["multiple_choice_answer"], ds["answers"]))
+    pairs = [(c, a == t) for cs, ans, t in zip(ds["answer_confidence"], ds["answers"], ds["answer"]) for c, a in zip(cs, ans)]
+    assert all(c == "yes" for c, right in pairs if right)                # the true answer is never given as 'maybe'
+    assert .03 < np.mean([c == "maybe" for c, _ in pairs]) < .15
+
+def test_scene_vqa_priors_are_balanced():
+    ds = make_scene_vqa(600, seed=1, cache=False)
+    from collections import Counter
+    for qtype in ("exist", "compare"):
+        c = Counter(a for a, t in zip(ds["answer"], ds["question_type"]) if t == qtype)
+        assert abs(c["yes"] - c["no"]) < .2 * (c["yes"] + c["no"]), (qtype, c)
+    for qtype, k in (("color", 6), ("shape", 4)):
+        c = Counter(a for a, t in zip(ds["answer"], ds["question_type"]) if t == qtype)
+        assert len(c) == k and max(c.values()) < 1.3 * min(c.values()), (qtype, c)
+    c = Counter(ds["question_type"])
+    assert len(c) == 6 and max(c.values()) < 1.5 * min(c.values()), c
+
+def test_scene_vqa_bad_arguments():
+    for bad, match in ((dict(colors=("red", "teal")), "teal"), (dict(shapes=("circle",)), "2\\+ distinct"),
+                       (dict(max_objects=10), "max_objects"), (dict(grid=1), "grid"), (dict(questions_per_image=0), "questions_per_image"),
+                       (dict(image_size=16), "image_size")):
+        with pytest.raises(ValueError, match=match): make_scene_vqa(3, cache=False, **bad)
+
+def test_write_vqa_round_trips_through_read_vqa(tmp_path):
+    from mmlab.data.readers import read_vqa
+    ds = make_scene_vqa(6, seed=2, cache=False)
+    paths = write_vqa(ds, tmp_path, subtype="val2024")
+    assert paths["questions"].name == "v2_OpenEnded_scenes_val2024_questions.json"
+    back = read_vqa(paths["questions"], paths["annotations"], paths["images"])
+    for k in ("question_id", "image_id", "question", "answers", "multiple_choice_answer", "answer_type", "question_type"):
+        assert back[k] == ds[k], k
+    assert [p.endswith(f"COCO_val2024_{i:012d}.jpg") for p, i in zip(back["image_path"], back["image_id"])] == [True] * len(ds)
+    import json
+    ann = json.loads(paths["annotations"].read_text())["annotations"][0]
+    assert [a["answer_id"] for a in ann["answers"]] == list(range(1, 11)) and ann["answers"][0]["answer_confidence"] in ("yes", "maybe")
+    assert not list(tmp_path.rglob("*.tmp"))
+    with pytest.raises(ValueError, match="answers"): write_vqa(ds.remove_columns("answers"), tmp_path)
 
 def test_robot_navigation_label_follows_the_rule_and_needs_the_turn():
     ds = make_robot_navigation(400, seed=3, sampling="irregular", cache=False)

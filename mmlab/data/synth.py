@@ -20,9 +20,10 @@ from PIL import Image, ImageDraw
 from ..core import require, settings
 
 # %% auto #0
-__all__ = ['COLORS', 'SHAPES', 'NUMBER_WORDS', 'SENTIMENT_NAMES', 'TRIMODAL_MODALITIES', 'RELATIONS', 'DTMF',
-           'SENTIMENT_MODALITIES', 'ROBOT_ACTIONS', 'ROBOT_BEAMS', 'ROBOT_CHANNELS', 'ROBOT_MODALITIES',
-           'make_trimodal', 'make_shape_captions', 'make_av_digits', 'make_sentiment', 'make_robot_navigation']
+__all__ = ['COLORS', 'SHAPES', 'NUMBER_WORDS', 'SENTIMENT_NAMES', 'TRIMODAL_MODALITIES', 'RELATIONS', 'SCENE_QUESTION_TYPES',
+           'SCENE_RELATIONS', 'DTMF', 'SENTIMENT_MODALITIES', 'ROBOT_ACTIONS', 'ROBOT_BEAMS', 'ROBOT_CHANNELS',
+           'ROBOT_MODALITIES', 'make_trimodal', 'make_shape_captions', 'make_scene_vqa', 'write_vqa', 'make_av_digits',
+           'make_sentiment', 'make_robot_navigation']
 
 # %% ../../nbs/01c_synth.ipynb #3695e4df
 COLORS = {   # colour name -> RGB, well separated in RGB space
@@ -284,6 +285,220 @@ def make_shape_captions(n:int, # number of samples
                                   positions=L(L(V("float32"))), sizes=L(V("float32")))
         return datasets.Dataset.from_dict(dict(sample_id=[f"shapes-{seed}-{i}" for i in range(n)], **cols), features=feats)
     return _cached("shape_captions", params, build, cache)
+
+# %% ../../nbs/01c_synth.ipynb #687fe334
+import io
+from collections import Counter
+
+from ..core import atomic_write
+
+SCENE_QUESTION_TYPES = {   # question type -> answer type (VQA v2's three answer types)
+    "color": "other", "shape": "other", "count": "number", "exist": "yes/no", "relation": "other", "compare": "yes/no",
+}
+SCENE_RELATIONS = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
+
+def _article(word:str)->str: return ("an " if word[0] in "aeiou" else "a ") + word
+def _plural(word:str)->str: return word + ("es" if word.endswith(("s", "x")) else "s")
+
+def _related(a:dict, b:dict, rel:str)->bool:
+    "Whether object `a` is `rel` ('left', 'right', 'above', 'below') of object `b`, by their grid cells."
+    return {"left": a["col"] < b["col"], "right": a["col"] > b["col"], "above": a["row"] < b["row"], "below": a["row"] > b["row"]}[rel]
+
+def _scene_candidates(objs:list[dict], # objects: {'color', 'shape', 'row', 'col'}, distinct (colour, shape) pairs
+                      colors:list[str], shapes:list[str] # the palettes the scenes are drawn from
+                     )->list[tuple]: # (question type, template, question, answer, noun the answer is about)
+    "Every question the scene answers without ambiguity."
+    cc, sc = Counter(o["color"] for o in objs), Counter(o["shape"] for o in objs)
+    ref = lambda o: o["shape"] if sc[o["shape"]] == 1 else f"{o['color']} {o['shape']}"   # shortest unique name
+    yn = lambda b: "yes" if b else "no"
+    out = [("count", "count objects", "how many objects are there?", str(len(objs)), "objects")]
+    out += [("count", "count color", f"how many {c} objects are there?", str(cc[c]), "objects") for c in colors]
+    out += [("count", "count shape", f"how many {_plural(s)} are there?", str(sc[s]), _plural(s)) for s in shapes]
+    pairs = {(o["color"], o["shape"]) for o in objs}
+    out += [("exist", "exist", f"is there {_article(c)} {s}?", yn((c, s) in pairs), "") for c in colors for s in shapes]
+    out += [("compare", "more", f"are there more {a} objects than {b} objects?", yn(cc[a] > cc[b]), "")
+            for a in cc for b in colors if a != b]
+    for o in objs:
+        if sc[o["shape"]] == 1:
+            out.append(("color", "color", f"what color is the {o['shape']}?", o["color"], o["shape"]))
+            # both named by shape alone, so that the question does not give the colours away
+            out += [("compare", "same color", f"is the {o['shape']} the same color as the {p['shape']}?",
+                     yn(o["color"] == p["color"]), "") for p in objs if p is not o and sc[p["shape"]] == 1]
+        if cc[o["color"]] == 1: out.append(("shape", "shape", f"what shape is the {o['color']} object?", o["shape"], o["color"]))
+        for rel, phrase in SCENE_RELATIONS.items():
+            hit = [p for p in objs if p is not o and _related(p, o, rel)]
+            if len(hit) == 1: out.append(("relation", f"relation {rel}", f"what color is the object {phrase} the {ref(o)}?",
+                                          hit[0]["color"], hit[0]["shape"]))
+    return out
+
+# %% ../../nbs/01c_synth.ipynb #896c9e24
+_CONFUSED = {   # what a person might say instead: neighbouring colours, similar shapes
+    "red": ("orange", "pink"), "green": ("cyan", "yellow"), "blue": ("purple", "cyan"), "yellow": ("orange", "green"),
+    "purple": ("pink", "blue"), "orange": ("red", "yellow"), "cyan": ("blue", "green"), "pink": ("purple", "red"),
+    "circle": ("diamond", "square"), "square": ("diamond", "circle"), "triangle": ("diamond",),
+    "diamond": ("square", "triangle"), "cross": ("square",),
+}
+
+def _mistake(answer:str, atype:str, rng:np.random.Generator)->str:
+    "A plausible wrong answer: a neighbouring colour or shape, a count off by one, the other of yes/no."
+    if atype == "yes/no": return "no" if answer == "yes" else "yes"
+    if atype == "number":
+        k = int(answer)
+        return str(k + 1 if k == 0 or rng.random() < .5 else k - 1)
+    opts = _CONFUSED[answer]
+    return opts[rng.integers(len(opts))]
+
+def _restyle(answer:str, atype:str, noun:str, rng:np.random.Generator)->str:
+    "The same answer as a person might type it: capitals, punctuation, a number word, an article, or extra words."
+    if atype == "yes/no":
+        forms = [answer.capitalize(), answer + ".", answer.capitalize() + "!", {"yes": "yep", "no": "nope"}[answer],
+                 {"yes": "yes, it is", "no": "no, there isn't"}[answer]]
+    elif atype == "number":
+        w = NUMBER_WORDS[int(answer)] if int(answer) < len(NUMBER_WORDS) else answer
+        forms = [w, w.capitalize(), answer + ".", f"{answer} {noun}", f"{w} of them"]
+    else:
+        forms = [answer.capitalize(), answer + ".", _article(answer), f"{answer} {noun}" if answer in COLORS else f"{noun} {answer}",
+                 f"it is {answer}"]
+    return forms[rng.integers(len(forms))]
+
+def _human_answers(answer:str, atype:str, noun:str, rng:np.random.Generator, n:int=10)->tuple[list[str], list[str]]:
+    "`n` answers with this question's rates of disagreement and of free phrasing, and each answerer's confidence."
+    p_wrong = rng.choice([0., .1, .3], p=[.55, .3, .15])     # most questions are clear, some are hard to see
+    p_style = rng.choice([0., .2, .5], p=[.4, .4, .2])       # some answerers type freely
+    answers, confidence = [], []
+    for _ in range(n):
+        wrong = rng.random() < p_wrong
+        a = _mistake(answer, atype, rng) if wrong else answer
+        answers.append(_restyle(a, atype, noun, rng) if rng.random() < p_style else a)
+        confidence.append("maybe" if wrong else "yes")
+    return answers, confidence
+
+# %% ../../nbs/01c_synth.ipynb #1c51ad07
+def _scene_objects(rng:np.random.Generator, colors:list[str], shapes:list[str], grid:int, max_objects:int)->list[dict]:
+    "2 to `max_objects` objects of distinct (colour, shape), each in its own cell of a `grid` x `grid` layout."
+    n = int(rng.integers(2, max_objects + 1))
+    cells = rng.choice(grid * grid, n, replace=False)
+    kinds = rng.choice(len(colors) * len(shapes), n, replace=False)
+    return [dict(color=colors[k // len(shapes)], shape=shapes[k % len(shapes)], row=int(c // grid), col=int(c % grid))
+            for c, k in zip(cells, kinds)]
+
+def _scene_image(objs:list[dict], rng:np.random.Generator, size:int, grid:int, pixel_noise:float)->tuple[Image.Image, list]:
+    "Draw the objects, each jittered inside its cell; returns the image and the centres in 0..1 image units."
+    img, d = _canvas(size, tuple(int(v) for v in int(rng.integers(0, 50)) + rng.integers(0, 8, 3)))
+    cell = size * 4 / grid                                              # canvas pixels per cell
+    centres = []
+    for o in objs:
+        r = rng.uniform(.28, .36) * cell
+        jx, jy = rng.uniform(-1, 1, 2) * (cell / 2 - r - 2)
+        cx, cy = (o["col"] + .5) * cell + jx, (o["row"] + .5) * cell + jy
+        _draw_shape(d, o["shape"], cx, cy, r, COLORS[o["color"]])
+        centres.append([cx / (size * 4), cy / (size * 4)])
+    return _finish(img, size, rng, pixel_noise), centres
+
+# %% ../../nbs/01c_synth.ipynb #946ddb6d
+_SCENE_COLUMNS = ("sample_id", "question_id", "image_id", "image", "question", "answers", "answer_confidence",
+                  "multiple_choice_answer", "answer", "answer_type", "question_type", "colors", "shapes", "cells", "positions")
+
+def make_scene_vqa(n:int, # number of scenes (images); each gets `questions_per_image` questions
+                   seed:int=0, # seed of the one random generator used
+                   questions_per_image:int=3, # questions per scene, each of a different question type (at most 6)
+                   image_size:int=48, # pixels per side
+                   grid:int=3, # objects sit in the cells of a grid x grid layout
+                   colors:tuple=("red", "green", "blue", "yellow", "purple", "orange"), # palette, names from COLORS
+                   shapes:tuple=("circle", "square", "triangle", "cross"), # names from SHAPES
+                   max_objects:int=5, # each scene has 2..max_objects objects
+                   pixel_noise:float=.02, # std of Gaussian pixel noise, in [0, 1] units
+                   cache:bool=True # load from / save to settings().cache_dir
+                  ):
+    """CLEVR-like scenes with VQA v2-style questions: 10 human answers, an answer type and a question type each.
+
+    One row per question. Columns: `sample_id` (str); `question_id`, `image_id` (int); `image` (PIL RGB, shared by
+    the scene's questions); `question` (str); `answers` (10 str, as people typed them: disagreement and free
+    phrasing included); `answer_confidence` (10 of 'yes' / 'maybe'); `multiple_choice_answer` (the most frequent
+    answer); `answer` (the true answer: a colour, a shape, a digit, 'yes' or 'no'); `answer_type` ('yes/no',
+    'number', 'other'); `question_type` (a key of SCENE_QUESTION_TYPES); the scene: `colors`, `shapes` (str per
+    object), `cells` ([row, col] per object), `positions` ([x, y] centres in 0..1, y down). Questions are picked so
+    that each (template, answer) pair is as frequent as the scenes allow: the question alone says little."""
+    _check(n)
+    colors, shapes = list(colors), list(shapes)
+    bad = [c for c in colors if c not in COLORS] + [s for s in shapes if s not in SHAPES]
+    if bad: raise ValueError(f"unknown colour or shape names {bad}; colours: {list(COLORS)}, shapes: {list(SHAPES)}")
+    if len(set(colors)) < 2 or len(set(shapes)) < 2: raise ValueError(f"need 2+ distinct colours and shapes, got {colors} and {shapes}")
+    if not 2 <= grid <= 6: raise ValueError(f"grid must be in 2..6, got {grid}")
+    if not 2 <= max_objects <= min(grid * grid, len(colors) * len(shapes)):
+        raise ValueError(f"max_objects must be in 2..{min(grid * grid, len(colors) * len(shapes))} for this grid and palette, got {max_objects}")
+    if not 1 <= questions_per_image <= len(SCENE_QUESTION_TYPES):
+        raise ValueError(f"questions_per_image must be in 1..{len(SCENE_QUESTION_TYPES)}, got {questions_per_image}")
+    if image_size < 8 * grid: raise ValueError(f"image_size must be at least 8 pixels per cell ({8 * grid}), got {image_size}")
+    params = dict(n=n, seed=seed, questions_per_image=questions_per_image, image_size=image_size, grid=grid, colors=colors,
+                  shapes=shapes, max_objects=max_objects, pixel_noise=pixel_noise)
+    def build():
+        import datasets
+        rng = np.random.default_rng(seed)
+        used = Counter()                                                   # (template, answer) -> times asked so far
+        cols = {k: [] for k in _SCENE_COLUMNS}
+        for i in range(n):
+            objs = _scene_objects(rng, colors, shapes, grid, max_objects)
+            img, centres = _scene_image(objs, rng, image_size, grid, pixel_noise)
+            buf = io.BytesIO(); img.save(buf, format="PNG")
+            png = {"bytes": buf.getvalue(), "path": None}                  # encoded once, shared by the scene's rows
+            by_type = {}
+            for c in _scene_candidates(objs, colors, shapes): by_type.setdefault(c[0], []).append(c)
+            types = [t for t in rng.permutation(list(SCENE_QUESTION_TYPES)) if t in by_type][:questions_per_image]
+            for k, qtype in enumerate(types):
+                opts = by_type[qtype]
+                rarity = np.array([used[(c[1], c[3])] for c in opts]) + rng.random(len(opts))   # random tie-break
+                _, template, question, answer, noun = opts[int(np.argmin(rarity))]
+                used[(template, answer)] += 1
+                atype = SCENE_QUESTION_TYPES[qtype]
+                answers, confidence = _human_answers(answer, atype, noun, rng)
+                qid = i * 1000 + k
+                for key, v in (("sample_id", f"scenevqa-{seed}-{qid}"), ("question_id", qid), ("image_id", i), ("image", png),
+                               ("question", question), ("answers", answers), ("answer_confidence", confidence),
+                               ("multiple_choice_answer", Counter(answers).most_common(1)[0][0]), ("answer", answer),
+                               ("answer_type", atype), ("question_type", qtype), ("colors", [o["color"] for o in objs]),
+                               ("shapes", [o["shape"] for o in objs]), ("cells", [[o["row"], o["col"]] for o in objs]),
+                               ("positions", centres)):
+                    cols[key].append(v)
+        V, L = datasets.Value, datasets.List
+        feats = datasets.Features(sample_id=V("string"), question_id=V("int64"), image_id=V("int64"), image=datasets.Image(),
+                                  question=V("string"), answers=L(V("string")), answer_confidence=L(V("string")),
+                                  multiple_choice_answer=V("string"), answer=V("string"), answer_type=V("string"),
+                                  question_type=V("string"), colors=L(V("string")), shapes=L(V("string")),
+                                  cells=L(L(V("int8"))), positions=L(L(V("float32"))))
+        return datasets.Dataset.from_dict(cols, features=feats)
+    return _cached("scene_vqa", params, build, cache)
+
+# %% ../../nbs/01c_synth.ipynb #65b6625d
+def write_vqa(ds, # rows with VQA v2's fields, e.g. from make_scene_vqa
+              directory:str|Path, # where the two JSON files and the image folder go
+              subtype:str="train", # VQA v2's data_subtype (e.g. 'train2014'): names the files and the images
+              data_type:str="scenes" # VQA v2's data_type ('mscoco' for the real set)
+             )->dict[str, Path]: # {'questions': path, 'annotations': path, 'images': folder}
+    "Save a question table in VQA v2's layout: questions and annotations JSON files and COCO-named JPEG images."
+    missing = [c for c in ("question_id", "image_id", "image", "question", "answers", "multiple_choice_answer",
+                           "answer_type", "question_type") if c not in ds.column_names]
+    if missing: raise ValueError(f"write_vqa: the table lacks column(s) {missing}; it has {ds.column_names}")
+    directory = Path(directory)
+    paths = {"questions": directory / f"v2_OpenEnded_{data_type}_{subtype}_questions.json",
+             "annotations": directory / f"v2_{data_type}_{subtype}_annotations.json", "images": directory / subtype}
+    head = {"info": {"description": "generated by mmlab.data.synth"}, "license": {"name": "generated data, no rights reserved"},
+            "data_type": data_type, "data_subtype": subtype}
+    questions, annotations, written = [], [], set()
+    for r in ds:
+        conf = r.get("answer_confidence") or ["yes"] * len(r["answers"])
+        questions.append({"image_id": r["image_id"], "question": r["question"], "question_id": r["question_id"]})
+        annotations.append({"question_type": r["question_type"], "multiple_choice_answer": r["multiple_choice_answer"],
+                            "answers": [{"answer": a, "answer_confidence": c, "answer_id": j + 1}
+                                        for j, (a, c) in enumerate(zip(r["answers"], conf))],
+                            "image_id": r["image_id"], "answer_type": r["answer_type"], "question_id": r["question_id"]})
+        if r["image_id"] not in written:
+            written.add(r["image_id"])
+            atomic_write(paths["images"] / f"COCO_{subtype}_{r['image_id']:012d}.jpg",
+                         lambda p, im=r["image"]: im.convert("RGB").save(p, format="JPEG", quality=95, subsampling=0))
+    atomic_write(paths["questions"], json.dumps({**head, "task_type": "Open-Ended", "questions": questions}))
+    atomic_write(paths["annotations"], json.dumps({**head, "annotations": annotations}))
+    return paths
 
 # %% ../../nbs/01c_synth.ipynb #8ab44111
 DTMF = {   # digit -> (row Hz, column Hz) of the telephone keypad
