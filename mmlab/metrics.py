@@ -38,6 +38,9 @@ _PTB_UNICODE = str.maketrans({"\u2019": "'", "\u2018": "`", "\u201c": "``", "\u2
                               "\u2013": " -- ", "\u2026": " ... ", "\n": " ", "\r": " ", "\t": " "})
 _L = r"[^\W\d_]"   # one letter
 _PTB_RE = re.compile("|".join([    # tried in this order at every position
+    # a plain word before a space or punctuation that always splits: most tokens, so tried first (only speed)
+    r"(?P<plain>(?!(?:cannot|gonna|gotta|wanna|lemme|gimme)[ ,;:!?\"()\[\]{}]|(?:cannot|gonna|gotta|wanna|lemme|gimme)$)"
+    rf"{_L}+(?=[ ,;:!?\"()\[\]{{}}]|$))",
     r"(?P<quote>''|``)",
     r"(?P<split>(?<!\w)(?:" + "|".join(map(re.escape, _PTB_SPLITS)) + r")(?!\w))",
     rf"(?P<acronym>{_L}(?:\.{_L})+\.?(?!\w)|{_L}\.(?!{_L}))",                       # u.s.a. e.g. a.
@@ -77,13 +80,16 @@ class MetricScore:
     def __float__(self): return float(self.value)
     def __format__(self, spec): return format(self.value, spec)
 
-def _ngram_counts(words:list[str], n:int)->dict:
-    "Counts of the 1..n-grams of `words`, ordered by n and then position (as pycocoevalcap builds them)."
-    c = {}
+def _ngram_counts(words:list[str], n:int)->list[dict]:
+    "Counts of the k-grams of `words` for k = 1..n, one dict per k, each in order of position (as pycocoevalcap)."
+    out = []
     for k in range(1, n + 1):
-        for i in range(len(words) - k + 1):
-            g = tuple(words[i:i + k]); c[g] = c.get(g, 0) + 1
-    return c
+        c = {}
+        for g in zip(*[words[i:] for i in range(k)]):
+            if g in c: c[g] += 1
+            else: c[g] = 1
+        out.append(c)
+    return out
 
 # %% ../nbs/11a_caption_metrics.ipynb #d780accc
 class _Corpus:
@@ -127,13 +133,13 @@ def _bleu_scores(corpus:_Corpus, n:int)->list[MetricScore]:
     correct_all, guess_all, hyp_len_all, ref_len_all = [0] * n, [0] * n, 0, 0
     per = [[] for _ in range(n)]
     for ref_counts, hyp_counts, refs, hyp in zip(corpus.ref_counts, corpus.hyp_counts, corpus.refs, corpus.hyps):
-        max_ref = {}                                 # n-gram -> its largest count in one reference
-        for rc in ref_counts:
-            for g, c in rc.items():
-                if len(g) <= n and c > max_ref.get(g, 0): max_ref[g] = c
         correct = [0] * n
-        for g, c in hyp_counts.items():
-            if len(g) <= n: correct[len(g) - 1] += min(c, max_ref.get(g, 0))
+        for k in range(n):
+            max_ref = {}                             # k-gram -> its largest count in one reference
+            for rc in ref_counts:
+                for g, c in rc[k].items():
+                    if c > max_ref.get(g, 0): max_ref[g] = c
+            correct[k] = sum(min(c, max_ref.get(g, 0)) for g, c in hyp_counts[k].items())
         guess = [max(0, len(hyp) - k) for k in range(n)]
         ref_len = min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1]    # closest, shorter on a tie
         p = 1.0
@@ -207,26 +213,22 @@ def cider_d(refs:Mapping, # image id -> list of reference captions
 def _cider_d(corpus:_Corpus, sigma:float, n:int=4)->MetricScore:
     df = {}                                          # n-gram -> number of images whose references contain it
     for rcs in corpus.ref_counts:
-        for g in {g for rc in rcs for g in rc}: df[g] = df.get(g, 0) + 1
+        for g in {g for rc in rcs for c in rc[:n] for g in c}: df[g] = df.get(g, 0) + 1
     log_images = math.log(float(len(corpus.ids)))
     idf = {g: log_images - math.log(max(1.0, d)) for g, d in df.items()}
-    def tfidf(counts):                               # -> (n-gram -> weight, norm of each order)
-        vec, sq = {}, [0.0] * n
-        for g, tf in counts.items():
-            w = tf * idf.get(g, log_images)
-            vec[g] = w; sq[len(g) - 1] += w * w
-        return vec, [math.sqrt(s) for s in sq]
+    def tfidf(counts):                               # -> (one dict n-gram -> weight per order, their norms)
+        vecs = [{g: tf * idf.get(g, log_images) for g, tf in c.items()} for c in counts[:n]]
+        return vecs, [math.sqrt(sum(w * w for w in v.values())) for v in vecs]
     per = []
     for rcs, hc, refs, hyp in zip(corpus.ref_counts, corpus.hyp_counts, corpus.refs, corpus.hyps):
         vh, nh = tfidf(hc)
         total = 0.0
         for rc, ref in zip(rcs, refs):
             vr, nr = tfidf(rc)
-            dot = [0.0] * n
-            for g, w in vh.items():
-                x = vr.get(g)
-                if x is not None: dot[len(g) - 1] += min(w, x) * x        # clipped at the reference's weight
-            cos = [d / (nh[k] * nr[k]) if nh[k] and nr[k] else d for k, d in enumerate(dot)]
+            cos = []
+            for k in range(n):                       # clipped at the reference's weight
+                d = sum(min(w, x) * x for g, w in vh[k].items() if (x := vr[k].get(g)) is not None)
+                cos.append(d / (nh[k] * nr[k]) if nh[k] and nr[k] else d)
             total += sum(cos) * math.exp(-((len(hyp) - len(ref)) ** 2) / (2 * sigma ** 2))
         per.append(total / n / len(rcs) * 10.0)
     return corpus.score(per)
