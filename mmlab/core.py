@@ -27,10 +27,10 @@ import torch
 __all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'CHECKPOINTS', 'COURSE_WORDS', 'TINY_TOKENIZERS',
            'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'SettingsError', 'Settings', 'find_settings_file', 'settings',
            'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
-           'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config', 'tiny_vit_config',
-           'tiny_gpt2_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir', 'tiny_checkpoint',
-           'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor', 'load_processor',
-           'format_table', 'doctor']
+           'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config', 'tiny_blip_config',
+           'tiny_vit_config', 'tiny_gpt2_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir',
+           'tiny_checkpoint', 'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor',
+           'load_processor', 'format_table', 'doctor']
 
 # %% ../nbs/00_setup.ipynb #d18199b9
 class SettingsError(ValueError):
@@ -234,6 +234,13 @@ def tiny_vilt_config():
     return ViltConfig(**_TINY_TEXT, image_size=32, patch_size=8, max_position_embeddings=40,
                       max_image_length=-1, num_images=-1, pad_token_id=0)
 
+@register_tiny_config("blip")
+def tiny_blip_config():
+    from transformers import BlipConfig
+    # ids follow the tiny wordpiece tokenizer: [PAD] = 0, [CLS] = 2 starts a caption, [SEP] = 3 ends it
+    text = dict(_TINY_TEXT, max_position_embeddings=64, bos_token_id=2, sep_token_id=3, eos_token_id=3, pad_token_id=0)
+    return BlipConfig(text_config=text, vision_config=dict(_TINY_VISION), projection_dim=64, image_text_hidden_size=64)
+
 @register_tiny_config("vit")
 def tiny_vit_config():
     from transformers import ViTConfig
@@ -254,6 +261,8 @@ for _name, _mt, _tok in [
     ("sentence-transformers/all-MiniLM-L6-v2", "bert", "wordpiece"),
     ("dandelin/vilt-b32-mlm", "vilt", "wordpiece"), ("dandelin/vilt-b32-finetuned-vqa", "vilt", "wordpiece"),
     ("google/vit-base-patch16-224", "vit", None), ("google/vit-base-patch16-224-in21k", "vit", None),
+    ("Salesforce/blip-image-captioning-base", "blip", "wordpiece"),
+    ("Salesforce/blip-image-captioning-large", "blip", "wordpiece"),
     ("gpt2", "gpt2", "bytebpe"), ("openai-community/gpt2", "gpt2", "bytebpe"),
 ]: register_checkpoint(_name, _mt, _tok)
 
@@ -481,6 +490,12 @@ def _tiny_clip_processor(tokenizer):
     images = CLIPImageProcessor(size={"shortest_edge": n}, crop_size={"height": n, "width": n})
     return CLIPProcessor(image_processor=images, tokenizer=tokenizer)
 
+@register_tiny_processor("blip")
+def _tiny_blip_processor(tokenizer):
+    from transformers import BlipImageProcessor, BlipProcessor
+    n = _TINY_VISION["image_size"]
+    return BlipProcessor(image_processor=BlipImageProcessor(size={"height": n, "width": n}), tokenizer=tokenizer)
+
 @register_tiny_processor("vilt")
 def _tiny_vilt_processor(tokenizer):
     from transformers import ViltImageProcessor, ViltProcessor
@@ -538,7 +553,8 @@ def format_table(rows:list[dict], # one dict per row; keys are column names (mis
 OPTIONAL_PARTS = {   # import name -> what the course uses it for
     "datasets": "generated datasets (Arrow)", "librosa": "audio features", "soundfile": "audio files",
     "av": "video files (PyAV)", "sklearn": "CCA, t-SNE, probes", "matplotlib": "plots",
-    "accelerate": "training loop, multi-GPU", "faiss": "vector search", "openai": "OpenAI API",
+    "accelerate": "training loop, multi-GPU", "faiss": "vector search",
+    "pycocoevalcap": "METEOR 1.5 of the caption metrics (with Java)", "openai": "OpenAI API",
     "anthropic": "Anthropic API", "google.genai": "Gemini API", "nbdev": "notebook export", "nbval": "notebook tests",
 }
 
