@@ -377,3 +377,80 @@ def test_tokenize_flag():
     assert bleu(refs, hyps, n=3).value > 0.99                     # PTB: "a dog running"
     assert bleu(refs, hyps, n=3, tokenize=False).value < 0.01     # "A", "Dog,", "running."
     assert rouge_l(refs, hyps).value == 1.0 and rouge_l(refs, hyps, tokenize=False).value < 1
+
+
+# ---------------------------------------------------------------- details the parity tests cannot reach
+
+def test_lcs_against_the_dynamic_program():
+    from mmlab.metrics import _lcs
+    def table(a, b):
+        t = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
+        for i in range(len(a)):
+            for j in range(len(b)): t[i + 1][j + 1] = t[i][j] + 1 if a[i] == b[j] else max(t[i][j + 1], t[i + 1][j])
+        return t[-1][-1]
+    rng = random.Random(6)
+    for _ in range(400):
+        a, b = ([rng.choice("abcd") for _ in range(rng.randint(0, 12))] for _ in range(2))
+        assert _lcs(a, b) == table(a, b), (a, b)
+    assert _lcs([], ["a"]) == 0 and _lcs(["a"], []) == 0
+
+
+def test_defaults_tokenize_and_check_arguments():
+    refs, hyps = {1: ["A Red circle.", "the red circle!"], 2: ["A blue square."]}, {1: "a red circle", 2: "A blue square"}
+    assert cider_d(refs, hyps).value == cider_d({1: ["a red circle", "the red circle"], 2: ["a blue square"]},
+                                                  {1: "a red circle", 2: "a blue square"}, tokenize=False).value
+    assert cider_d(refs, hyps).value != cider_d(refs, hyps, tokenize=False).value
+    assert caption_scores(refs, hyps, meteor=False) == caption_scores(
+        {1: ["a red circle", "the red circle"], 2: ["a blue square"]}, {1: "a red circle", 2: "a blue square"},
+        tokenize=False, meteor=False)
+    for bad in (0, 0.0, -1, "6"):
+        with pytest.raises(ValueError, match="sigma must be a positive number"): cider_d(REFS, HYPS, sigma=bad)
+    assert cider_d(REFS, HYPS, sigma=0.5).value < cider_d(REFS, HYPS).value
+    for bad in (0, -1.0, None):
+        with pytest.raises(ValueError, match="beta must be a positive number"): rouge_l(REFS, HYPS, beta=bad)
+    assert rouge_l(REFS, HYPS, beta=0.5).value != rouge_l(REFS, HYPS).value
+    # an empty hypothesis or an empty reference scores 0 on ROUGE-L, not 1
+    assert rouge_l({1: ["a b"]}, {1: "..."}).value == 0.0 and rouge_l({1: ["..."], 2: ["a"]}, {1: "a", 2: "a"}).per_image[1] == 0.0
+    assert rouge_l({1: ["", "a b"]}, {1: "a"}, tokenize=False).per_image[1] == pytest.approx(2.44 * 0.5 / (0.5 + 1.44))
+
+
+class FakeMeteor(Meteor):
+    "A Meteor without Java: records what it is asked and answers 0.25 per image."
+    instances = []
+    def __init__(self):
+        self.calls, self.closed = [], False
+        FakeMeteor.instances.append(self)
+    def score(self, refs, hyps, tokenize=True):
+        self.calls.append((refs, hyps, tokenize))
+        return MetricScore(0.25, {k: 0.25 for k in refs})
+    def close(self): self.closed = True
+
+
+def test_caption_scores_passes_tokenised_text_to_meteor(monkeypatch):
+    fake = FakeMeteor()
+    s = caption_scores({"x": ["A cat, sitting."]}, {"x": "A cat!"}, meteor=fake)
+    assert list(s) == ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr-D"] and s["METEOR"] == 0.25
+    assert fake.calls == [({0: ["a cat sitting"]}, {0: "a cat"}, False)]
+    # meteor=True starts a scorer for this call and closes it
+    monkeypatch.setattr(metrics, "Meteor", FakeMeteor)
+    FakeMeteor.instances.clear()
+    s = caption_scores({"x": ["A cat."]}, {"x": "A dog."})
+    assert s["METEOR"] == 0.25 and len(FakeMeteor.instances) == 1 and FakeMeteor.instances[0].closed
+    assert FakeMeteor.instances[0].calls == [({0: ["a cat"]}, {0: "a dog"}, False)]
+    with pytest.raises(TypeError, match="meteor must be True, False or a Meteor, got 'yes'"): caption_scores(REFS, HYPS, meteor="yes")
+    assert "METEOR" not in caption_scores(REFS, HYPS, meteor=False)
+
+
+def test_meteor_function_uses_the_scorer_it_is_given(monkeypatch):
+    fake = FakeMeteor()
+    assert meteor(REFS, HYPS, scorer=fake).value == 0.25 and fake.calls[-1] == (REFS, HYPS, True)
+    assert meteor(REFS, HYPS, tokenize=False, scorer=fake).value == 0.25 and fake.calls[-1][2] is False
+    monkeypatch.setattr(metrics, "Meteor", FakeMeteor)
+    FakeMeteor.instances.clear()
+    assert meteor(REFS, HYPS).value == 0.25 and FakeMeteor.instances[0].closed and FakeMeteor.instances[0].calls[0][2] is True
+
+
+def test_meteor_jar_is_found_in_pycocoevalcap():
+    pytest.importorskip("pycocoevalcap")
+    jar = metrics._meteor_jar()
+    assert jar is not None and jar.name == "meteor-1.5.jar" and (jar.parent / "data" / "paraphrase-en.gz").is_file()
