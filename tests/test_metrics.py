@@ -454,3 +454,22 @@ def test_meteor_jar_is_found_in_pycocoevalcap():
     pytest.importorskip("pycocoevalcap")
     jar = metrics._meteor_jar()
     assert jar is not None and jar.name == "meteor-1.5.jar" and (jar.parent / "data" / "paraphrase-en.gz").is_file()
+
+
+def test_error_messages_name_what_was_received():
+    with pytest.raises(TypeError, match="text must be a str, got list"): ptb_tokenize(["a"])
+    with pytest.raises(TypeError, match="must be dicts .* got list and dict"): bleu(["a"], {1: "a"})
+    with pytest.raises(TypeError, match="got dict and list"): bleu({1: ["a"]}, ["a"])
+    with pytest.raises(TypeError, match=r"refs\[1\] must be a non-empty list of str"): bleu({1: {"a set"}}, {1: "a"})
+    with pytest.raises(TypeError, match=r"hyps\[1\] must be one str, got list"): bleu({1: ["a"]}, {1: ["a"]})
+    many = {i: ["a"] for i in range(8)}
+    with pytest.raises(ValueError, match=r"ids without a hypothesis: \[0, 1, 2, 3, 4\], hypotheses"): bleu(many, {})
+    with pytest.raises(ValueError, match=r"hypotheses without references: \[0, 1, 2, 3, 4\]$"): bleu({"x": ["a"]}, {**{i: "a" for i in range(8)}, "x": "a"})
+
+
+def test_meteor_availability_on_this_machine(monkeypatch):
+    "Without patches: None exactly when java is on the PATH and pycocoevalcap ships the jar."
+    expected = shutil.which("java") is not None and metrics._meteor_jar() is not None
+    assert (meteor_unavailable() is None) == expected
+    monkeypatch.setattr(metrics.importlib.util, "find_spec", lambda name: None)
+    assert metrics._meteor_jar() is None
