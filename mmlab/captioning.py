@@ -25,7 +25,7 @@ from .data.schema import Batch, course_vocab, encode_words, to_tensor
 
 # %% auto #0
 __all__ = ['CaptionTokenizer', 'warp_logits', 'Generated', 'generate', 'HFCaptioner', 'CaptionerCfg', 'CaptionOutput',
-           'ConvEncoder', 'ShowAndTell', 'CaptionTransformer', 'caption_batch']
+           'caption_loss', 'ConvEncoder', 'ShowAndTell', 'CaptionDecoder', 'CaptionTransformer', 'caption_batch']
 
 # %% ../nbs/11_captioning.ipynb #3ab08c43
 class CaptionTokenizer:
@@ -240,7 +240,13 @@ class CaptionOutput:
     labels: Tensor                # (M,) the target tokens
     loss: Tensor                  # () mean cross-entropy
 
-def _caption_output(logits:Tensor, targets:Tensor, pad_id:int)->CaptionOutput:  # (B, L, V), (B, L)
+def caption_loss(logits:Tensor, # (B, L, V) next-token logits at every position
+                 targets:Tensor, # (B, L) the tokens those positions must predict, pad_id where there is none
+                 pad_id:int # the padding id: its positions are left out
+                )->CaptionOutput:
+    "Teacher-forcing cross-entropy over the real (non-padding) target tokens."
+    if logits.shape[:2] != targets.shape:
+        raise ValueError(f"logits (B, L, V) and targets (B, L) must agree: got {tuple(logits.shape)} and {tuple(targets.shape)}")
     keep = targets != pad_id
     lg, y = logits[keep], targets[keep]
     return CaptionOutput(lg, y, F.cross_entropy(lg.float(), y))
@@ -280,7 +286,7 @@ class ShowAndTell(nn.Module):
         ids = batch.inputs["text"]                                                        # (B, L) bos ... eos pad
         x = torch.cat([self._image(batch.inputs["vision"])[:, None], self.embed(ids[:, :-1])], 1)  # image, bos, w1, ...
         out, _ = self.lstm(self.drop(x))                                                  # (B, L, D)
-        return _caption_output(self.head(self.drop(out[:, 1:])), ids[:, 1:], self.cfg.pad_id)
+        return caption_loss(self.head(self.drop(out[:, 1:])), ids[:, 1:], self.cfg.pad_id)
     def start(self, pixel_values:Tensor)->tuple[Tensor, Tensor]:
         "The LSTM state after reading the image: (h, c), each (B, layers, D) (rows first, for `generate`)."
         _, (h, c) = self.lstm(self._image(pixel_values)[:, None])
@@ -291,38 +297,66 @@ class ShowAndTell(nn.Module):
         out, (h, c) = self.lstm(self.embed(tokens[:, -1:]), (h, c))
         return self.head(out[:, -1]), (h.transpose(0, 1), c.transpose(0, 1))
 
+# %% ../nbs/11_captioning.ipynb #446d7bbf
+def _check_decoder_inputs(dec, ids:Tensor, memory:Tensor, memory_mask:Tensor|None):
+    if ids.ndim != 2 or ids.dtype not in (torch.long, torch.int):
+        raise ValueError(f"ids: expected (B, t) integer token ids, got shape {tuple(ids.shape)} dtype {ids.dtype}")
+    if ids.shape[1] > dec.cfg.max_length: raise ValueError(f"ids: {ids.shape[1]} tokens exceed max_length {dec.cfg.max_length}")
+    if memory.ndim != 3 or memory.shape[0] != ids.shape[0] or memory.shape[2] != dec.memory_dim:
+        raise ValueError(f"memory: expected ({ids.shape[0]}, P, {dec.memory_dim}) token states, got {tuple(memory.shape)}")
+    if memory_mask is not None and (memory_mask.dtype != torch.bool or memory_mask.shape != memory.shape[:2]):
+        raise ValueError(f"memory_mask: expected bool {tuple(memory.shape[:2])} (True = present), "
+                         f"got {memory_mask.dtype} {tuple(memory_mask.shape)}")
+
+class CaptionDecoder(nn.Module):
+    "Transformer caption decoder over any encoder's token states: causal self-attention, cross-attention, MLP per block."
+    def __init__(self, cfg:CaptionerCfg, # uses vocab_size, dim, layers, heads, max_length, dropout and pad_id
+                 memory_dim:int|None=None # Dm, the width of the encoder's token states (cfg.dim if None)
+                ):
+        super().__init__()
+        self.cfg, D = cfg, cfg.dim
+        self.memory_dim = D if memory_dim is None else memory_dim
+        self.embed = nn.Embedding(cfg.vocab_size, D, padding_idx=cfg.pad_id)
+        self.pos = nn.Parameter(torch.randn(cfg.max_length, D) * 0.02)
+        block = BlockConfig(dim=D, heads=cfg.heads, cross_dim=self.memory_dim, dropout=cfg.dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(block) for _ in range(cfg.layers))
+        self.norm, self.head = nn.LayerNorm(D), nn.Linear(D, cfg.vocab_size)
+    def forward(self, ids:Tensor, # (B, t) token ids, the start token first
+                memory:Tensor, # (B, P, Dm) the encoder's token states: patches, frames, frame patches ...
+                memory_mask:Tensor|None=None # (B, P) bool, True where a memory position is present (None: all)
+               )->Tensor: # (B, t, V) next-token logits at every position
+        _check_decoder_inputs(self, ids, memory, memory_mask)
+        x = self.embed(ids) + self.pos[:ids.shape[1]]                       # (B, t, D)
+        for blk in self.blocks: x = blk(x, context=memory, context_mask=memory_mask, is_causal=True).hidden
+        return self.head(self.norm(x))
+    def step(self, tokens:Tensor, # (N, t) the prefixes
+             state:Tensor|tuple[Tensor, Tensor] # memory (N, P, Dm), or (memory, memory_mask (N, P))
+            )->tuple[Tensor, Any]: # next-token logits (N, V) and the state, unchanged
+        "`generate`'s step: the whole prefix is decoded again (no key/value cache: captions are short)."
+        memory, mask = (state, None) if isinstance(state, Tensor) else state
+        return self(tokens, memory, mask)[:, -1], state
+
+
 # %% ../nbs/11_captioning.ipynb #5b746c5e
 class CaptionTransformer(nn.Module):
-    "Transformer decoder: causal self-attention over the words, cross-attention over the image's patch features."
+    "The CNN's patch features with learned positions, read by a `CaptionDecoder` through cross-attention."
     def __init__(self, cfg:CaptionerCfg):
         super().__init__()
         self.cfg, D = cfg, cfg.dim
         self.encoder = ConvEncoder(D, cfg.channels)
         self.patch_pos = nn.Parameter(torch.randn((cfg.image_size // 8) ** 2, D) * 0.02)
-        self.embed = nn.Embedding(cfg.vocab_size, D, padding_idx=cfg.pad_id)
-        self.pos = nn.Parameter(torch.randn(cfg.max_length, D) * 0.02)
-        block = BlockConfig(dim=D, heads=cfg.heads, cross_dim=D, dropout=cfg.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(block) for _ in range(cfg.layers))
-        self.norm, self.head = nn.LayerNorm(D), nn.Linear(D, cfg.vocab_size)
+        self.decoder = CaptionDecoder(cfg)
     def start(self, pixel_values:Tensor)->Tensor:
         "The image's patch features with their positions: (B, P, D), what the words cross-attend to."
         return self.encoder(pixel_values) + self.patch_pos
-    def decode(self, ids:Tensor, memory:Tensor, need_weights:bool=False):   # (B, t), (B, P, D) -> (B, t, V)
-        "Logits at every position of `ids` (and the last block's cross-attention weights when asked)."
-        if ids.shape[1] > self.cfg.max_length: raise ValueError(f"{ids.shape[1]} tokens exceed max_length {self.cfg.max_length}")
-        x = self.embed(ids) + self.pos[:ids.shape[1]]
-        for blk in self.blocks:
-            o = blk(x, context=memory, is_causal=True, need_weights=need_weights)
-            x = o.hidden
-        logits = self.head(self.norm(x))
-        return (logits, o.cross_weights) if need_weights else logits
     def forward(self, batch:Batch)->CaptionOutput:
         _check_batch(batch, self.cfg)
         ids = batch.inputs["text"]
-        return _caption_output(self.decode(ids[:, :-1], self.start(batch.inputs["vision"])), ids[:, 1:], self.cfg.pad_id)
+        return caption_loss(self.decoder(ids[:, :-1], self.start(batch.inputs["vision"])), ids[:, 1:], self.cfg.pad_id)
     def step(self, tokens:Tensor, memory:Tensor)->tuple[Tensor, Tensor]:
-        "Next-token logits (N, V) from the whole prefix (no key/value cache: short captions)."
-        return self.decode(tokens, memory)[:, -1], memory
+        "Next-token logits (N, V) from the whole prefix and the patch features."
+        return self.decoder.step(tokens, memory)
+
 
 # %% ../nbs/11_captioning.ipynb #e766a622
 def caption_batch(images:list, # PIL images

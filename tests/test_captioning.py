@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from mmlab.captioning import (CaptionerCfg, CaptionTokenizer, CaptionTransformer, Generated, HFCaptioner, ShowAndTell,
-                              caption_batch, generate, warp_logits)
+from mmlab.captioning import (CaptionDecoder, CaptionerCfg, CaptionTokenizer, CaptionTransformer, Generated, HFCaptioner,
+                              ShowAndTell, caption_batch, caption_loss, generate, warp_logits)
 from mmlab.data.schema import Batch
 
 BOS, EOS, PAD = 0, 1, 2
@@ -214,9 +214,87 @@ def test_captioners_refuse_bad_batches(rows):
                 mask={"vision": torch.ones(2, dtype=torch.bool), "text": torch.ones(2, dtype=torch.bool)})
     with pytest.raises(ValueError, match=r"expected \(B, 3, 32, 32\), got \(2, 1, 32, 32\)"): m(bad)
     with pytest.raises(ValueError, match="needs inputs 'vision' and 'text'"): m(Batch(inputs={"vision": b.inputs["vision"]}, mask={"vision": b.mask["vision"]}))
-    with pytest.raises(ValueError, match="exceed max_length"): m.decode(torch.zeros(1, 30, dtype=torch.long), m.start(b.inputs["vision"][:1]))
+    with pytest.raises(ValueError, match="exceed max_length"): m.decoder(torch.zeros(1, 30, dtype=torch.long), m.start(b.inputs["vision"][:1]))
     with pytest.raises(TypeError, match="list of captions"): tok("one caption")
 
+
+# ---------------------------------------------------------------- the decoder with any encoder's token states
+
+def padded_memories(lengths=(7, 4, 1), width=24, fill=1e3, seed=0):
+    "Memories of different lengths padded into one (B, P, Dm) tensor whose padding holds large values, and its mask."
+    g = torch.Generator().manual_seed(seed)
+    memory = torch.randn(len(lengths), max(lengths), width, generator=g)
+    mask = torch.arange(max(lengths))[None] < torch.tensor(lengths)[:, None]
+    return memory, memory.masked_fill(~mask[..., None], fill), mask
+
+
+def test_decoder_ignores_masked_memory_and_reads_the_rest(rows):
+    "Absent memory positions change nothing (not even with huge values); present ones do change the logits."
+    tok, b = rows
+    torch.manual_seed(0)
+    dec = CaptionDecoder(CaptionerCfg(vocab_size=len(tok), dim=32, layers=2), memory_dim=24).eval()
+    memory, padded, mask = padded_memories()
+    ids = b.inputs["text"][:3, :6]
+    with torch.no_grad():
+        out = dec(ids, padded, mask)
+        for r, n in enumerate(mask.sum(1).tolist()):
+            assert torch.allclose(out[r], dec(ids[r:r + 1], memory[r:r + 1, :n])[0], atol=1e-5), r
+        other = padded.clone(); other[0, 0] += 1.0
+        assert not torch.allclose(dec(ids, other, mask)[0], out[0], atol=1e-4)        # a present position matters
+        assert torch.allclose(dec(ids, other, mask)[1:], out[1:], atol=1e-6)            # rows stay independent
+        # causal: a later token does not change the logits of earlier positions
+        changed = ids.clone(); changed[:, -1] = tok.unk_id
+        assert torch.allclose(dec(changed, padded, mask)[:, :-1], out[:, :-1], atol=1e-6)
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generate_with_a_masked_memory_state(rows, beams):
+    "generate reorders (memory, memory_mask) pairs: a padded batch decodes as each memory alone."
+    tok, _ = rows
+    torch.manual_seed(1)
+    dec = CaptionDecoder(CaptionerCfg(vocab_size=len(tok), dim=32), memory_dim=24).eval()
+    memory, padded, mask = padded_memories(seed=1)
+    kw = dict(bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id, max_length=9, num_beams=beams)
+    with torch.no_grad():
+        together = generate(dec.step, (padded, mask), **kw)
+        for r, n in enumerate(mask.sum(1).tolist()):
+            alone = generate(dec.step, memory[r:r + 1, :n], **kw)
+            L = alone.sequences.shape[1]
+            assert torch.equal(alone.sequences[0], together.sequences[r, :L]) and (together.sequences[r, L:] == tok.pad_id).all()
+            assert torch.allclose(alone.scores[0], together.scores[r], atol=1e-5)
+
+
+def test_captioner_is_the_decoder_on_patch_features(rows):
+    "CaptionTransformer's step is its CaptionDecoder's on the image's patch features (D_m = D)."
+    tok, b = rows
+    torch.manual_seed(0)
+    m = CaptionTransformer(CaptionerCfg(vocab_size=len(tok), dim=32)).eval()
+    assert isinstance(m.decoder, CaptionDecoder) and m.decoder.memory_dim == 32
+    with torch.no_grad():
+        memory = m.start(b.inputs["vision"])
+        assert memory.shape == (4, 16, 32)
+        ids = b.inputs["text"][:, :4]
+        assert torch.equal(m.step(ids, memory)[0], m.decoder(ids, memory)[:, -1])
+        assert torch.equal(m.decoder.step(ids, (memory, torch.ones(4, 16, dtype=torch.bool)))[0], m.decoder(ids, memory)[:, -1])
+
+
+def test_decoder_and_loss_refuse_bad_input(rows):
+    tok, b = rows
+    dec = CaptionDecoder(CaptionerCfg(vocab_size=len(tok), dim=32, max_length=8), memory_dim=24)
+    ids, memory = b.inputs["text"][:2, :5], torch.zeros(2, 6, 24)
+    for args, msg in [((ids, torch.zeros(2, 6, 32)), r"memory: expected \(2, P, 24\) token states, got \(2, 6, 32\)"),
+                      ((ids, torch.zeros(3, 6, 24)), r"memory: expected \(2, P, 24\)"),
+                      ((ids, torch.zeros(2, 24)), r"memory: expected \(2, P, 24\) token states, got \(2, 24\)"),
+                      ((ids.float(), memory), "ids: expected \\(B, t\\) integer token ids"),
+                      ((ids[0], memory), "ids: expected"),
+                      ((torch.zeros(2, 9, dtype=torch.long), memory), "9 tokens exceed max_length 8"),
+                      ((ids, memory, torch.ones(2, 6)), r"memory_mask: expected bool \(2, 6\).*got torch.float32 \(2, 6\)"),
+                      ((ids, memory, torch.ones(2, 5, dtype=torch.bool)), r"memory_mask: expected bool \(2, 6\)")]:
+        with pytest.raises(ValueError, match=msg): dec(*args)
+    with pytest.raises(ValueError, match=r"logits \(B, L, V\) and targets \(B, L\) must agree: got \(2, 5, 7\) and \(2, 4\)"):
+        caption_loss(torch.zeros(2, 5, 7), torch.zeros(2, 4, dtype=torch.long), 0)
+    out = caption_loss(torch.zeros(1, 3, 5), torch.tensor([[2, 0, 4]]), pad_id=0)
+    assert out.labels.tolist() == [2, 4] and out.logits.shape == (2, 5) and abs(out.loss.item() - math.log(5)) < 1e-6
 
 def test_tokenizer_round_trip():
     tok = CaptionTokenizer()

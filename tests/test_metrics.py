@@ -154,7 +154,7 @@ def fuzz_sentences(n, seed=0):
 def test_ptb_tokenize_matches_corenlp():
     "One call of pycocoevalcap's PTBTokenizer (CoreNLP 3.4.1, Java) on the tricky and the generated sentences."
     tok = pytest.importorskip("pycocoevalcap.tokenizer.ptbtokenizer")
-    if shutil.which("java") is None: pytest.skip("needs Java")
+    if shutil.which("java") is None: pytest.skip("pycocoevalcap's PTBTokenizer runs CoreNLP, which needs Java on the PATH (no `java` found)")
     sents = [s for s in TRICKY if s.strip()] + fuzz_sentences(2000)
     jar = tok.PTBTokenizer().tokenize({i: [{"caption": s}] for i, s in enumerate(sents)})
     differ = [(s, jar[i][0], ptb_tokenize(s)) for i, s in enumerate(sents) if jar[i][0] != ptb_tokenize(s)]
