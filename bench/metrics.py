@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import io
 import random
+import shutil
 import statistics
 import time
 
@@ -88,6 +89,9 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--meteor", action="store_true", help="also time METEOR 1.5 (starts Java twice, ~40 s)")
     a = p.parse_args(argv)
+    if shutil.which("java") is None:
+        raise SystemExit("bench/metrics.py: the reference side (pycocoevalcap's PTBTokenizer, CoreNLP) needs Java on the "
+                         "PATH, and no `java` was found")
     refs, hyps = corpus(a.images, a.refs)
     t_coco, s_coco = timed(coco_scores, refs, hyps, repeats=a.repeats)
     t_ours, s_ours = timed(ours, refs, hyps, repeats=a.repeats)
