@@ -310,6 +310,7 @@ def test_decoder_and_loss_refuse_bad_input(rows):
                       ((ids, memory, torch.ones(2, 6)), r"memory_mask: expected bool \(2, 6\).*got torch.float32 \(2, 6\)"),
                       ((ids, memory, torch.ones(2, 5, dtype=torch.bool)), r"memory_mask: expected bool \(2, 6\)")]:
         with pytest.raises(ValueError, match=msg): dec(*args)
+    assert dec(torch.zeros(2, 8, dtype=torch.long), memory).shape == (2, 8, len(tok))     # max_length tokens fit exactly
     with pytest.raises(ValueError, match=r"logits \(B, L, V\) and targets \(B, L\) must agree: got \(2, 5, 7\) and \(2, 4\)"):
         caption_loss(torch.zeros(2, 5, 7), torch.zeros(2, 4, dtype=torch.long), 0)
     out = caption_loss(torch.zeros(1, 3, 5), torch.tensor([[2, 0, 4]]), pad_id=0)
