@@ -34,6 +34,7 @@ lab: setup
 	$(BIN)/jupyter lab --notebook-dir=. nbs/index.ipynb $(LAB_ARGS)
 
 test: $(TEST_STAMP)
+	$(BIN)/python -m ruff check mmlab tests bench
 	$(TEST_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 --nbval-lax tests nbs
 
 clean:

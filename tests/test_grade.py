@@ -121,8 +121,8 @@ def test_strip_functions_round_trip():
 
 
 def test_mmlab_console_script_dispatches_grade(course, tmp_path):
-    "`mmlab grade ...` goes through mmlab.core.main to grade_main."
-    from mmlab.core import main
+    "`mmlab grade ...` goes through mmlab.cli.main to grade_main."
+    from mmlab.cli import main
     root, _ = course
     exe = tmp_path / "exercises"
     assert main(["grade", "--generate", "--solutions", str(root / "solutions"), "--exercises", str(exe)]) == 0
