@@ -238,6 +238,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'mmlab.clip.TextTower.__init__': ('clip.html#texttower.__init__', 'mmlab/clip.py'),
                             'mmlab.clip.TextTower.eos_positions': ('clip.html#texttower.eos_positions', 'mmlab/clip.py'),
                             'mmlab.clip.TextTower.forward': ('clip.html#texttower.forward', 'mmlab/clip.py'),
+                            'mmlab.clip.TextTower.token_states': ('clip.html#texttower.token_states', 'mmlab/clip.py'),
                             'mmlab.clip.TowerCfg': ('clip.html#towercfg', 'mmlab/clip.py'),
                             'mmlab.clip.TowerCfg.block': ('clip.html#towercfg.block', 'mmlab/clip.py'),
                             'mmlab.clip.VisionCfg': ('clip.html#visioncfg', 'mmlab/clip.py'),
