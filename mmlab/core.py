@@ -25,12 +25,35 @@ import torch
 
 # %% auto #0
 __all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'CHECKPOINTS', 'COURSE_WORDS', 'TINY_TOKENIZERS',
-           'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'SettingsError', 'Settings', 'find_settings_file', 'settings',
-           'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
+           'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'format_table', 'SettingsError', 'Settings', 'find_settings_file',
+           'settings', 'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
            'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config', 'tiny_vit_config',
-           'tiny_gpt2_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir', 'tiny_checkpoint',
-           'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor', 'load_processor',
-           'format_table', 'doctor']
+           'tiny_gpt2_config', 'tiny_llava_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir',
+           'tiny_checkpoint', 'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor',
+           'load_processor', 'doctor']
+
+# %% ../nbs/00_setup.ipynb #bd23a576
+def _cell(v, digits:int)->str:
+    if v is None: return "-"
+    if isinstance(v, bool): return str(v)
+    if isinstance(v, (int, np.integer)): return f"{v:,}"
+    if isinstance(v, (float, np.floating)): return f"{v:.{digits}f}"
+    if isinstance(v, torch.Tensor) and v.numel() == 1: return _cell(v.item(), digits)
+    return str(v)
+
+def format_table(rows:list[dict], # one dict per row; keys are column names (missing keys print as '-')
+                 digits:int|dict[str, int]=3, # decimals of floats: one for all, or {column: decimals} (others 3)
+                 columns:list[str]|None=None # which columns, in which order; all keys in first-seen order if None
+                )->str:
+    "Rows of dicts as an aligned text table: numbers right-aligned with fixed decimals, text left-aligned."
+    if not rows: return "(no rows)"
+    cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    dig = (lambda c: digits.get(c, 3)) if isinstance(digits, dict) else (lambda c: digits)
+    cells = [[_cell(r.get(c), dig(c)) for c in cols] for r in rows]
+    numeric = [all(isinstance(r.get(c), (int, float, np.number)) or r.get(c) is None for r in rows) for c in cols]
+    widths = [max(len(str(c)), *(len(row[j]) for row in cells)) for j, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()
+    return "\n".join([line([str(c) for c in cols])] + [line(row) for row in cells])
 
 # %% ../nbs/00_setup.ipynb #d18199b9
 class SettingsError(ValueError):
@@ -245,6 +268,14 @@ def tiny_gpt2_config():
     return GPT2Config(vocab_size=TINY_VOCAB_SIZE, n_positions=128, n_embd=64, n_layer=2, n_head=4,
                       bos_token_id=0, eos_token_id=0, pad_token_id=0)
 
+@register_tiny_config("llava")
+def tiny_llava_config():
+    "LLaVA-1.5's wiring (a CLIP vision tower, a projector, a Llama) at the tiny size; token ids follow the tiny llava tokenizer."
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    text = LlamaConfig(**_TINY_TEXT, num_key_value_heads=4, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    return LlavaConfig(vision_config=CLIPVisionConfig(**_TINY_VISION, projection_dim=64), text_config=text, image_token_index=4,
+                       vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu")
+
 # %% ../nbs/00_setup.ipynb #f1d9df48
 for _name, _mt, _tok in [
     ("openai/clip-vit-base-patch32", "clip", "clip"), ("openai/clip-vit-base-patch16", "clip", "clip"),
@@ -255,6 +286,7 @@ for _name, _mt, _tok in [
     ("dandelin/vilt-b32-mlm", "vilt", "wordpiece"), ("dandelin/vilt-b32-finetuned-vqa", "vilt", "wordpiece"),
     ("google/vit-base-patch16-224", "vit", None), ("google/vit-base-patch16-224-in21k", "vit", None),
     ("gpt2", "gpt2", "bytebpe"), ("openai-community/gpt2", "gpt2", "bytebpe"),
+    ("llava-hf/llava-1.5-7b-hf", "llava", "llava"), ("llava-hf/llava-1.5-13b-hf", "llava", "llava"),
 ]: register_checkpoint(_name, _mt, _tok)
 
 # %% ../nbs/00_setup.ipynb #0377b517
@@ -334,6 +366,16 @@ def _tiny_bytebpe_tokenizer(d:Path):
                             show_progress=False)
     PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                             pad_token="<|endoftext|>", unk_token="<|endoftext|>", model_max_length=128).save_pretrained(d)
+
+@register_tiny_tokenizer("llava")
+def _tiny_llava_tokenizer(d:Path):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+    tok = ByteLevelBPETokenizer()       # specials get ids 0..4, as tiny_llava_config expects
+    tok.train_from_iterator(_tiny_corpus(), vocab_size=TINY_VOCAB_SIZE, special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+                            show_progress=False)
+    PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                            pad_token="<pad>", model_max_length=512).save_pretrained(d)
 
 # %% ../nbs/00_setup.ipynb #1d6b7657
 def atomic_write(path:str|Path, # the file to write (its directory is created)
@@ -488,6 +530,16 @@ def _tiny_vilt_processor(tokenizer):
     images = ViltImageProcessor(size={"shortest_edge": n, "longest_edge": n}, size_divisor=_TINY_VISION["patch_size"])
     return ViltProcessor(image_processor=images, tokenizer=tokenizer)
 
+@register_tiny_processor("llava")
+def _tiny_llava_processor(tokenizer):
+    import transformers
+    from transformers import LlavaProcessor
+    n = _TINY_VISION["image_size"]   # the PIL image processor: the default one wants torchvision
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    images = cls(size={"shortest_edge": n}, crop_size={"height": n, "width": n})
+    return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=_TINY_VISION["patch_size"],
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token="<image>")
+
 # %% ../nbs/00_setup.ipynb #b5c55261
 def load_processor(name:str, # a Hub checkpoint name or a local directory
                    verbose:bool=True, # print the one line saying which processor was loaded
@@ -510,29 +562,6 @@ def load_processor(name:str, # a Hub checkpoint name or a local directory
         proc, msg = AutoProcessor.from_pretrained(d, **kwargs), f"{name} processor is not available offline; loaded a tiny one from {d}"
     _say(verbose, msg)
     return proc
-
-# %% ../nbs/00_setup.ipynb #bd23a576
-def _cell(v, digits:int)->str:
-    if v is None: return "-"
-    if isinstance(v, bool): return str(v)
-    if isinstance(v, (int, np.integer)): return f"{v:,}"
-    if isinstance(v, (float, np.floating)): return f"{v:.{digits}f}"
-    if isinstance(v, torch.Tensor) and v.numel() == 1: return _cell(v.item(), digits)
-    return str(v)
-
-def format_table(rows:list[dict], # one dict per row; keys are column names (missing keys print as '-')
-                 digits:int|dict[str, int]=3, # decimals of floats: one for all, or {column: decimals} (others 3)
-                 columns:list[str]|None=None # which columns, in which order; all keys in first-seen order if None
-                )->str:
-    "Rows of dicts as an aligned text table: numbers right-aligned with fixed decimals, text left-aligned."
-    if not rows: return "(no rows)"
-    cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
-    dig = (lambda c: digits.get(c, 3)) if isinstance(digits, dict) else (lambda c: digits)
-    cells = [[_cell(r.get(c), dig(c)) for c in cols] for r in rows]
-    numeric = [all(isinstance(r.get(c), (int, float, np.number)) or r.get(c) is None for r in rows) for c in cols]
-    widths = [max(len(str(c)), *(len(row[j]) for row in cells)) for j, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()
-    return "\n".join([line([str(c) for c in cols])] + [line(row) for row in cells])
 
 # %% ../nbs/00_setup.ipynb #b27a184e
 OPTIONAL_PARTS = {   # import name -> what the course uses it for

@@ -65,6 +65,10 @@ def _labels(pred:dict, data:Batch)->Tensor:
                          "not the one the model learns")
     return pred["labels"]
 
+def _accuracy(pred:dict, data:Batch)->float:
+    "Fraction of correct predictions, counted exactly (a float64 mean: the same number everywhere it is printed)."
+    return float((pred["logits"].argmax(-1) == _labels(pred, data)).double().mean())
+
 def evaluate_model(model:nn.Module, data:Batch, present:list[str]|None=None,
                    train_seconds:float|None=None, class_names:list[str]|None=None)->EvalReport:
     "Accuracy, macro-F1, confusion matrix and per-class report of `model` on `data`."
@@ -73,7 +77,7 @@ def evaluate_model(model:nn.Module, data:Batch, present:list[str]|None=None,
     y, p = _labels(pred, data).numpy(), pred["logits"].argmax(-1).numpy()
     C = pred["logits"].shape[1]
     names = class_names or [str(c) for c in range(C)]
-    return EvalReport(float((y == p).mean()), float(f1_score(y, p, average="macro", labels=list(range(C)), zero_division=0)),
+    return EvalReport(_accuracy(pred, data), float(f1_score(y, p, average="macro", labels=list(range(C)), zero_division=0)),
                       sum(q.numel() for q in model.parameters() if q.requires_grad), train_seconds,
                       confusion_matrix(y, p, labels=list(range(C))),
                       classification_report(y, p, labels=list(range(C)), target_names=names, zero_division=0, digits=3))
@@ -108,7 +112,7 @@ def ablation(model:nn.Module, data:Batch)->dict[tuple[str, ...], float]:
     for k in range(1, len(mods) + 1):
         for subset in itertools.combinations(mods, k):
             pred = predict(model, data, list(subset))
-            out[subset] = (pred["logits"].argmax(-1) == _labels(pred, data)).float().mean().item()
+            out[subset] = _accuracy(pred, data)
     return out
 
 def shapley_contributions(accs:dict[tuple[str, ...], float], # from `ablation`
@@ -132,7 +136,7 @@ def robustness(model:nn.Module, data:Batch)->dict[str, float]:
     res = {}
     for name, keep in [("all", mods)] + [(f"-{m}", [x for x in mods if x != m]) for m in mods]:
         pred = predict(model, data, keep)
-        res[name] = (pred["logits"].argmax(-1) == _labels(pred, data)).float().mean().item()
+        res[name] = _accuracy(pred, data)
     return res
 
 def robustness_table(results:dict[str, dict[str, float]])->str:

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..core import settings
+import textwrap
 
 # %% auto #0
 __all__ = ['COLORS', 'SHAPES', 'NUMBER_WORDS', 'SENTIMENT_NAMES', 'TRIMODAL_MODALITIES', 'RELATIONS', 'DTMF',
