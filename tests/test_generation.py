@@ -1,12 +1,18 @@
 "Parity, property and error tests of mmlab.generation: the schedulers against diffusers, guidance, the model and sampling."
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from mmlab.generation import (BETA_SCHEDULES, PREDICTION_TYPES, DDIMScheduler, DDPMScheduler, SchedulerOutput,
-                              diffusers_parity, guided_eps, make_betas)
+from mmlab.data.schema import Batch
+from mmlab.data.synth import RELATIONS, SHAPES
+from mmlab.generation import (ATTRIBUTES, BETA_SCHEDULES, PREDICTION_TYPES, AttributeClassifier, CaptionEncoder,
+                              ConditionalUNet, DDIMScheduler, DDPMScheduler, DiffusersTextToImage, ResBlock, SchedulerOutput,
+                              SpatialTransformer, TextToImage, UNetConfig, attribute_scores, clip_score, diffusers_block_parity,
+                              diffusers_parity, guided_eps, make_betas, pairwise_diversity, sample, scene_labels, scene_pixels,
+                              timestep_embedding)
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -248,3 +254,332 @@ def test_guided_eps_is_the_cfg_extrapolation(w, seed):
 
 def test_guided_eps_refuses_mismatched_halves():
     with pytest.raises(ValueError, match=r"eps_cond.*\(2, 3\).*\(3, 3\)"): guided_eps(torch.zeros(2, 3), torch.zeros(3, 3), 2.0)
+
+
+# ---------------------------------------------------------------- the UNet
+
+def test_resblock_and_timestep_features_equal_diffusers():
+    gaps = diffusers_block_parity(seed=3)
+    assert len(gaps) == 3 and max(gaps.values()) < 1e-5, gaps
+
+
+def test_timestep_embedding_values():
+    e = timestep_embedding(torch.tensor([0, 3]), 4)             # frequencies 1 and 1/100
+    assert torch.allclose(e[0], torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    assert torch.allclose(e[1], torch.tensor([math.cos(3), math.cos(0.03), math.sin(3), math.sin(0.03)]), atol=1e-6)
+    with pytest.raises(ValueError, match="dim.*even.*5"): timestep_embedding(torch.tensor([1]), 5)
+
+
+def _unet(**kw):
+    torch.manual_seed(0)
+    m = ConditionalUNet(UNetConfig(**kw)).eval()
+    for mod in m.modules():                          # leave no zero-initialised projection: every path must matter
+        if isinstance(mod, SpatialTransformer): torch.nn.init.normal_(mod.proj_out.weight, std=0.2)
+    return m
+
+
+@settings(max_examples=10, deadline=None)
+@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=3), seed=st.integers(0, 1000))
+def test_unet_ignores_padded_caption_tokens(lengths, seed):
+    m = _unet(channels=(8, 16), attention=(True, True), context_dim=12, groups=4, heads=2, image_size=8)
+    g = torch.Generator().manual_seed(seed)
+    B, L = len(lengths), 6
+    x, ctx = torch.randn(B, 3, 8, 8, generator=g), torch.randn(B, L, 12, generator=g)
+    mask = torch.arange(L)[None] < torch.tensor(lengths)[:, None]
+    noisy = torch.where(mask[..., None], ctx, torch.randn(B, L, 12, generator=g) * 50)
+    with torch.no_grad():
+        a, b = m(x, 5, ctx, mask).sample, m(x, 5, noisy, mask).sample
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_unet_output_depends_on_caption_timestep_and_every_level():
+    m = _unet(channels=(8, 16, 16), attention=(False, True, True), context_dim=12, groups=4, heads=2, image_size=8)
+    x, ctx = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 12)
+    with torch.no_grad():
+        base = m(x, 10, ctx).sample
+        assert base.shape == (2, 3, 8, 8)
+        assert not torch.allclose(base, m(x, 10, ctx + 1).sample, atol=1e-4)          # the caption matters
+        assert not torch.allclose(base, m(x, 500, ctx).sample, atol=1e-4)             # the timestep matters
+        assert torch.allclose(m(x, torch.tensor([10, 10]), ctx).sample, base)           # one value = one per row
+        rows = torch.stack([m(x[i:i + 1], t, ctx[i:i + 1]).sample[0] for i, t in enumerate((10, 500))])
+        assert torch.allclose(m(x, torch.tensor([10, 500]), ctx).sample, rows, atol=1e-5)   # rows are independent
+    out = m(x, 10, ctx).sample.pow(2).sum()
+    out.backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} gets no gradient"
+
+
+def test_spatial_transformer_starts_as_identity_and_uses_the_course_block():
+    from mmlab.attention import TransformerBlock
+    st_ = SpatialTransformer(16, context_dim=10, heads=2, groups=4)
+    assert isinstance(st_.block, TransformerBlock) and st_.block.cfg.cross_dim == 10 and st_.block.cfg.self_attention
+    x = torch.randn(2, 16, 4, 4)
+    assert torch.equal(st_(x, torch.randn(2, 3, 10)), x)
+    y, w = st_(x, torch.randn(2, 3, 10), torch.tensor([[True, True, False], [True, False, False]]), need_weights=True)
+    assert w.shape == (2, 2, 16, 3) and torch.allclose(w.sum(-1), torch.ones(2, 2, 16))
+    assert (w[0, :, :, 2] == 0).all() and (w[1, :, :, 1:] == 0).all()          # padded tokens get no attention
+
+
+def test_unet_bad_input_names_the_argument():
+    m = _unet()
+    x, ctx = torch.randn(2, 3, 16, 16), torch.randn(2, 5, 64)
+    with pytest.raises(ValueError, match=r"sample.*\(B, 3, 16, 16\).*\(2, 1, 16, 16\)"): m(torch.randn(2, 1, 16, 16), 1, ctx)
+    with pytest.raises(ValueError, match=r"encoder_hidden_states.*B=2.*\(3, 5, 64\)"): m(x, 1, torch.randn(3, 5, 64))
+    with pytest.raises(ValueError, match=r"encoder_attention_mask.*bool.*\(2, 5\)"): m(x, 1, ctx, torch.ones(2, 5))
+    with pytest.raises(ValueError, match=r"channels.*attention.*one entry per level"): UNetConfig(channels=(8, 16), attention=(True,))
+    with pytest.raises(ValueError, match=r"in_channels 12.*groups 8"): ResBlock(12, 16, 8)
+    assert UNetConfig(channels=(8, 16)).time_dim == 32
+
+
+def test_full_path_configuration_trains_one_step():
+    "The FULL (GPU) configuration builds and runs forward and backward (checked on the CPU at batch 1)."
+    m = ConditionalUNet(UNetConfig(image_size=32, channels=(64, 128, 256), attention=(False, True, True), context_dim=64))
+    out = m(torch.randn(1, 3, 32, 32), 999, torch.randn(1, 7, 64)).sample
+    out.mean().backward()
+    assert out.shape == (1, 3, 32, 32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_unet_bf16_autocast_matches_fp32_on_cuda():
+    m = _unet(channels=(32, 64), attention=(False, True)).cuda().train()
+    x, ctx = torch.randn(8, 3, 16, 16, device="cuda"), torch.randn(8, 9, 64, device="cuda")
+    t = torch.randint(0, 1000, (8,), device="cuda")
+    ref = m(x, t, ctx).sample
+    ref.pow(2).mean().backward()
+    g_ref = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = m(x, t, ctx).sample
+    out.float().pow(2).mean().backward()
+    assert (out.float() - ref).abs().max() / ref.abs().max() < 0.05
+    cos = [torch.nn.functional.cosine_similarity(p.grad.flatten().float(), g_ref[n].flatten(), dim=0) for n, p in m.named_parameters()]
+    assert min(cos) > 0.95
+
+
+# ---------------------------------------------------------------- caption encoder, training objective, sampling
+
+class _Tok:
+    "A whitespace tokenizer over a fixed vocabulary, with bos 1 and eos 2 (pad 0), returning torch tensors."
+    vocab = {w: i + 3 for i, w in enumerate("a red blue green circle square above below left of the".split())}
+    def __call__(self, texts, padding=True, return_tensors="pt"):
+        rows = [[1] + [self.vocab[w] for w in t.split()] + [2] for t in texts]
+        L = max(map(len, rows))
+        ids = torch.tensor([r + [0] * (L - len(r)) for r in rows])
+        return {"input_ids": ids, "attention_mask": (torch.arange(L)[None] < torch.tensor([len(r) for r in rows])[:, None]).long()}
+
+
+class _Tower(torch.nn.Module):
+    "A stand-in text tower: token embeddings plus a running mean, so every state depends on the words so far."
+    def __init__(self, dim=12):
+        super().__init__(); torch.manual_seed(1); self.emb = torch.nn.Embedding(20, dim)
+    def token_states(self, ids, mask):
+        e = self.emb(ids)
+        return e + e.cumsum(1) / torch.arange(1, ids.shape[1] + 1)[None, :, None]
+
+
+def _model(prediction_type="v_prediction", p_uncond=0.1):
+    unet = _unet(channels=(8, 16), attention=(False, True), context_dim=12, groups=4, heads=2, image_size=8)
+    sched = DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+    return TextToImage(unet, sched, CaptionEncoder(_Tok(), _Tower()), p_uncond=p_uncond)
+
+
+def _rows(model, n=6, captions=("a red circle", "the blue square above a green circle")):
+    states, mask = model.encoder([captions[i % len(captions)] for i in range(n)])
+    return Batch(inputs={"vision": torch.rand(n, 3, 8, 8) * 2 - 1, "text": states},
+                 mask={"vision": torch.ones(n, dtype=torch.bool), "text": torch.ones(n, dtype=torch.bool)}, pad_mask={"text": mask})
+
+
+def test_caption_encoder_is_frozen_and_masks_padding():
+    enc = CaptionEncoder(_Tok(), _Tower())
+    states, mask = enc(["a red circle", "a blue square above a green circle"])
+    assert states.shape == (2, 9, 12) and mask.dtype == torch.bool and mask.sum(1).tolist() == [5, 9]
+    assert not any(p.requires_grad for p in enc.parameters())
+    enc.train(); assert not enc.training
+    with pytest.raises(ValueError, match="prompts.*non-empty list"): enc("a red circle")
+    with pytest.raises(ValueError, match="prompts.*non-empty list"): enc([])
+    with pytest.raises(ValueError, match="token_states"): CaptionEncoder(_Tok(), torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_training_target_follows_the_prediction_type(prediction_type):
+    m = _model(prediction_type).eval()
+    batch = _rows(m)
+    torch.manual_seed(3)
+    out = m(batch)
+    torch.manual_seed(3)
+    t = torch.randint(0, 100, (6,)); noise = torch.randn_like(batch.inputs["vision"])
+    want = noise if prediction_type == "epsilon" else m.scheduler.get_velocity(batch.inputs["vision"], noise, t)
+    assert torch.equal(out.timesteps, t) and torch.allclose(out.target, want)
+    assert torch.allclose(out.loss, ((out.prediction - out.target) ** 2).mean())
+
+
+def test_absent_captions_are_the_empty_caption_and_dropout_rate_is_p():
+    m = _model(p_uncond=0.25)
+    seen = {}
+    real_denoise = m.denoise
+    def spy(x, t, ctx, mask): seen["ctx"], seen["mask"] = ctx, mask; return real_denoise(x, t, ctx, mask)
+    m.denoise = spy
+    batch = _rows(m, n=4000)
+    empty = m.encoder([""])[0][0]
+    m.eval(); m(batch.hide(["text"]))                     # absent captions: every row reads ""
+    assert torch.allclose(seen["ctx"][:, :len(empty)], empty.expand(4000, -1, -1)) and (seen["mask"].sum(1) == len(empty)).all()
+    m.eval(); m(batch)                                      # eval: no caption is dropped
+    assert torch.equal(seen["ctx"], batch.inputs["text"])
+    m.train(); torch.manual_seed(0); m(batch)               # training: a fraction p of them
+    dropped = (seen["mask"].sum(1) == len(empty)) & (seen["ctx"][:, :len(empty)] - empty).abs().amax((1, 2)).lt(1e-6)
+    assert abs(dropped.float().mean().item() - 0.25) < 0.03
+    with pytest.raises(ValueError, match=r"p_uncond.*\[0, 1\).*1.5"): TextToImage(m.unet, m.scheduler, m.encoder, p_uncond=1.5)
+
+
+def test_sample_runs_one_batched_forward_per_step_and_only_the_needed_half():
+    m = _model().eval()
+    calls = []
+    real_denoise = m.denoise
+    def spy(x, t, ctx, mask): calls.append(len(x)); return real_denoise(x, t, ctx, mask)
+    m.denoise = spy
+    prompts = ["a red circle", "a blue square", "a green circle"]
+    for w, per_call in ((0.0, 3), (1.0, 3), (3.0, 6)):
+        calls.clear()
+        x = sample(m, prompts, steps=4, guidance_scale=w, generator=torch.Generator().manual_seed(0))
+        assert calls == [per_call] * 4 and x.shape == (3, 3, 8, 8)
+
+
+def test_sample_is_the_guided_ddim_loop_and_schedulers_are_interchangeable():
+    m = _model().eval()
+    prompts = ["a red circle", "the blue square above a green circle"]
+    ours = DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    theirs = diffusers.DDIMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    a = sample(m, prompts, steps=5, guidance_scale=2.5, scheduler=ours, generator=torch.Generator().manual_seed(4), eta=0.5)
+    b = sample(m, prompts, steps=5, guidance_scale=2.5, scheduler=theirs, generator=torch.Generator().manual_seed(4), eta=0.5)
+    assert torch.equal(a, b)
+    # written out by hand: both halves, the guided combination, the step
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 3, 8, 8, generator=g)
+    cond, uncond = m.encode_prompts(prompts), m.encode_prompts(["", ""])
+    L = cond[0].shape[1]
+    uc = (torch.nn.functional.pad(uncond[0], (0, 0, 0, L - uncond[0].shape[1])), torch.nn.functional.pad(uncond[1], (0, L - uncond[1].shape[1])))
+    ours.set_timesteps(5)
+    with torch.no_grad():
+        for t in ours.timesteps:
+            e = guided_eps(m.denoise(x, t, *uc), m.denoise(x, t, *cond), 2.5)
+            x = ours.step(e, t, x, eta=0.5, generator=g).prev_sample
+    assert torch.allclose(a, x, atol=1e-5)
+
+
+def test_sample_seeds_and_per_prompt_generators():
+    m = _model().eval()
+    p = ["a red circle", "a blue square"]
+    a = sample(m, p, steps=3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, sample(m, p, steps=3, generator=torch.Generator().manual_seed(0)))
+    assert not torch.equal(a, sample(m, p, steps=3, generator=torch.Generator().manual_seed(1)))
+    both = sample(m, p, steps=3, scheduler=DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"),
+                  generator=[torch.Generator().manual_seed(i) for i in (5, 6)])
+    one = sample(m, p[1:], steps=3, scheduler=DDPMScheduler(num_train_timesteps=100, beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction"),
+                 generator=[torch.Generator().manual_seed(6)])
+    assert torch.allclose(both[1:], one, atol=1e-5)          # a prompt's image does not depend on the others
+    with pytest.raises(ValueError, match="prompts.*non-empty list"): sample(m, "a red circle")
+    with pytest.raises(ValueError, match=r"guidance_scale.*>= 0.*-1"): sample(m, p, guidance_scale=-1)
+
+
+def test_fit_trains_the_text_to_image_model():
+    from mmlab.train import fit
+    m = _model(p_uncond=0.2)
+    before = [p.detach().clone() for p in m.unet.parameters()]
+    res = fit(m, _rows(m, n=64), epochs=2, batch_size=16, lr=1e-3, monitor="train_loss", progress=False, device="cpu")
+    assert len(res.history) == 2 and math.isfinite(res.history[-1]["train_loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, m.unet.parameters()))
+    assert not any(p.requires_grad for p in m.encoder.parameters())
+
+
+def test_diffusers_pipeline_through_our_loop_equals_its_own_call():
+    from mmlab.core import load_pretrained
+    pipe = load_pretrained(diffusers.StableDiffusionPipeline, "stabilityai/stable-diffusion-2-1-base", verbose=False)
+    pipe.set_progress_bar_config(disable=True)
+    sd = DiffusersTextToImage(pipe)
+    prompts = ["a red circle", "two blue squares"]
+    for w in (1.0, 5.0):
+        ours = sample(sd, prompts, steps=4, guidance_scale=w, generator=torch.Generator().manual_seed(2))
+        theirs = pipe(prompts, num_inference_steps=4, guidance_scale=w, generator=torch.Generator().manual_seed(2),
+                      height=16, width=16, output_type="pt").images
+        assert ((ours / 2 + 0.5).clamp(0, 1) - theirs).abs().max() < 1e-5
+    assert sd.sample_shape == (4, 8, 8)
+
+
+# ---------------------------------------------------------------- judges
+
+COLS = ["red", "green", "blue", "yellow"]
+scene = st.tuples(st.sampled_from(COLS), st.sampled_from(SHAPES), st.sampled_from(COLS), st.sampled_from(SHAPES),
+                  st.sampled_from(list(RELATIONS)))
+
+
+@settings(max_examples=50, deadline=None)
+@given(scenes=st.lists(scene, min_size=1, max_size=5))
+def test_scene_labels_do_not_depend_on_how_the_scene_is_told(scenes):
+    "'A above B' and 'B below A' are one picture: the canonical labels are the same."
+    told = scene_labels([[c0, c1] for c0, s0, c1, s1, r in scenes], [[s0, s1] for c0, s0, c1, s1, r in scenes],
+                        [r for *_, r in scenes], COLS)
+    retold = scene_labels([[c1, c0] for c0, s0, c1, s1, r in scenes], [[s1, s0] for c0, s0, c1, s1, r in scenes],
+                          [RELATIONS[r][1] for *_, r in scenes], COLS)
+    assert torch.equal(told, retold) and told.shape == (len(scenes), len(ATTRIBUTES))
+    for (c0, s0, c1, s1, r), row in zip(scenes, told.tolist()):
+        first = (c0, s0) if r in ("left", "above") else (c1, s1)
+        assert (COLS[row[0]], SHAPES[row[1]]) == first and row[4] == int(r in ("above", "below"))
+
+
+@settings(max_examples=50, deadline=None)
+@given(target=st.lists(st.integers(0, 3), min_size=5, max_size=5), pred=st.lists(st.integers(0, 3), min_size=5, max_size=5))
+def test_attribute_scores_against_their_definitions(target, pred):
+    t, p = torch.tensor([target]), torch.tensor([pred])
+    t[0, 4] %= 2; p[0, 4] %= 2
+    s = {k: bool(v) for k, v in attribute_scores(p, t).items()}
+    T, P = t[0].tolist(), p[0].tolist()
+    assert s["colour"] == (sorted([P[0], P[2]]) == sorted([T[0], T[2]]))
+    assert s["shape"] == (sorted([P[1], P[3]]) == sorted([T[1], T[3]]))
+    same = sum(a == b for a, b in zip(P[:4], T[:4])); swapped = sum(a == b for a, b in zip(P[:4], T[2:4] + T[:2]))
+    assert s["relation"] == (P[4] == T[4] and (same > swapped or T[:2] == T[2:4]))
+    assert s["all"] == (P == T)
+    assert all(attribute_scores(t, t)[k].all() for k in ("colour", "shape", "relation", "all"))
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 12), k=st.integers(1, 4), seed=st.integers(0, 1000))
+def test_pairwise_diversity_is_the_mean_distance_within_prompts(n, k, seed):
+    g = torch.Generator().manual_seed(seed)
+    x, groups = torch.randn(n, 3, 2, generator=g, dtype=torch.float64), torch.randint(0, k, (n,), generator=g)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n) if groups[i] == groups[j]]
+    if not pairs:
+        with pytest.raises(ValueError, match="two samples"): pairwise_diversity(x, groups)
+        return
+    ref = sum((x[i] - x[j]).norm().item() for i, j in pairs) / len(pairs)
+    assert pairwise_diversity(x, groups) == pytest.approx(ref, rel=1e-6)
+
+
+def test_clip_score_and_pixels():
+    a, b = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]]), torch.tensor([[3.0, 0.0], [0.0, -1.0], [1.0, 0.0]])
+    assert torch.allclose(clip_score(a, b), torch.tensor([100.0, 0.0, 100 / math.sqrt(2)]))
+    with pytest.raises(ValueError, match=r"text_embeds.*\(3, 2\).*\(2, 2\)"): clip_score(a, b[:2])
+    from PIL import Image
+    arr = np.arange(4 * 4 * 3, dtype=np.uint8).reshape(4, 4, 3) * 5
+    x = scene_pixels([Image.fromarray(arr)], 2)
+    full = scene_pixels([Image.fromarray(arr)])
+    assert full.shape == (1, 3, 4, 4) and full.min() >= -1 and full.max() <= 1
+    assert torch.allclose(x[0, :, 0, 0], full[0, :, :2, :2].mean((1, 2)))
+    with pytest.raises(ValueError, match="size must divide.*4.*3"): scene_pixels([Image.fromarray(arr)], 3)
+
+
+def test_attribute_classifier_heads_loss_and_errors():
+    torch.manual_seed(0)
+    clf = AttributeClassifier(n_colors=4, image_size=8, width=8)
+    x, y = torch.randn(5, 3, 8, 8), torch.tensor([[0, 1, 2, 3, 1]] * 5)
+    out = clf(x, y)
+    assert {k: tuple(v.shape) for k, v in out.logits.items()} == {"first_color": (5, 4), "first_shape": (5, 5), "second_color": (5, 4),
+                                                                  "second_shape": (5, 5), "axis": (5, 2)}
+    ref = sum(torch.nn.functional.cross_entropy(out.logits[a], y[:, i]) for i, a in enumerate(ATTRIBUTES))
+    assert torch.allclose(out.loss, ref) and clf(x).loss is None
+    pred = clf.predict(x)
+    assert pred.shape == (5, 5) and torch.equal(pred[:, 0], out.logits["first_color"].argmax(-1)) and not clf.training
+    with pytest.raises(ValueError, match=r"pixel_values.*\(B, 3, 8, 8\).*\(5, 3, 16, 16\)"): clf(torch.randn(5, 3, 16, 16))
+    with pytest.raises(ValueError, match="image_size.*multiple of 4.*10"): AttributeClassifier(4, image_size=10)
+    with pytest.raises(ValueError, match=r"colour.*'teal'"): scene_labels([["red", "teal"]], [["circle", "square"]], ["left"], COLS)
+    with pytest.raises(ValueError, match="one entry per scene"): scene_labels([["red", "blue"]], [], ["left"], COLS)
+    with pytest.raises(ValueError, match=r"pred and target.*\(1, 4\)"): attribute_scores(torch.zeros(1, 4), torch.zeros(1, 5))
