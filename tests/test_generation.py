@@ -185,6 +185,7 @@ def test_add_noise_broadcasts_one_timestep_and_keeps_dtype():
 
 def test_beta_schedules_against_their_definitions():
     assert torch.equal(make_betas(5, 0.1, 0.5), torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5]))
+    assert torch.equal(make_betas(), diffusers.DDPMScheduler().betas)               # defaults: Ho et al.'s 1000 linear betas
     T = 50
     f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
     ref = torch.tensor([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)])
