@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .core import require
 from .data.schema import Batch
 
 # %% auto #0
@@ -72,6 +73,7 @@ def _accuracy(pred:dict, data:Batch)->float:
 def evaluate_model(model:nn.Module, data:Batch, present:list[str]|None=None,
                    train_seconds:float|None=None, class_names:list[str]|None=None)->EvalReport:
     "Accuracy, macro-F1, confusion matrix and per-class report of `model` on `data`."
+    require("sklearn", "evaluate_model")
     from sklearn.metrics import classification_report, confusion_matrix, f1_score
     pred = predict(model, data, present)
     y, p = _labels(pred, data).numpy(), pred["logits"].argmax(-1).numpy()
@@ -94,7 +96,7 @@ def metrics_table(reports:dict[str, EvalReport])->str:
 
 def plot_confusion(cm:np.ndarray, class_names:list[str]|None=None, title:str="confusion matrix"): # -> Figure
     "The confusion matrix as a heat map with counts."
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "the evaluation plots")
     C = len(cm); names = class_names or [str(c) for c in range(C)]
     fig, ax = plt.subplots(figsize=(0.45 * C + 2, 0.45 * C + 1.6))
     ax.imshow(cm, cmap="Blues")
@@ -160,7 +162,7 @@ def modality_weight_table(model:nn.Module, data:Batch)->np.ndarray|None:
 def plot_attention(weights:np.ndarray|Tensor, # (rows, cols)
                    row_labels:list[str], col_labels:list[str], title:str="attention"): # -> Figure
     "A weight matrix as a heat map with labelled rows and columns."
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "the evaluation plots")
     w = weights.detach().cpu().numpy() if torch.is_tensor(weights) else np.asarray(weights)
     if w.shape != (len(row_labels), len(col_labels)):
         raise ValueError(f"weights of shape {w.shape} do not match {len(row_labels)} row and {len(col_labels)} column labels")
