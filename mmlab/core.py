@@ -289,6 +289,7 @@ def tiny_gpt2_config():
 @register_tiny_builder("stable-diffusion")
 def tiny_stable_diffusion():
     "Stable Diffusion's wiring (CLIP text encoder, cross-attention UNet, VAE, DDIM with its betas) at 16 x 16 pixels, 8 x 8 latents."
+    require("diffusers", "the tiny Stable Diffusion stand-in")
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextModel
     unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
