@@ -714,6 +714,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                  'mmlab/generation.py'),
                                   'mmlab.generation._add_noise': ('generation.html#_add_noise', 'mmlab/generation.py'),
                                   'mmlab.generation._check_choice': ('generation.html#_check_choice', 'mmlab/generation.py'),
+                                  'mmlab.generation._check_number': ('generation.html#_check_number', 'mmlab/generation.py'),
+                                  'mmlab.generation._check_prompts': ('generation.html#_check_prompts', 'mmlab/generation.py'),
                                   'mmlab.generation._check_timesteps': ('generation.html#_check_timesteps', 'mmlab/generation.py'),
                                   'mmlab.generation._cosine_alpha_bar': ('generation.html#_cosine_alpha_bar', 'mmlab/generation.py'),
                                   'mmlab.generation._expand': ('generation.html#_expand', 'mmlab/generation.py'),

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import BlockConfig, TransformerBlock
+from .core import require
 from .data.schema import Batch
 from .data.synth import RELATIONS, SHAPES
 
@@ -40,6 +41,17 @@ PREDICTION_TYPES = ("epsilon", "v_prediction")
 def _check_choice(name:str, value, allowed):
     if value not in allowed: raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
 
+def _check_number(name:str, value, low:float=-math.inf, high:float=math.inf):
+    "A finite real number in [low, high]."
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
+
+def _check_prompts(prompts)->list[str]:
+    "A non-empty list of strings."
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not len(prompts) or not all(isinstance(p, str) for p in prompts):
+        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r:.200}")
+    return list(prompts)
+
 def _cosine_alpha_bar(s:float)->float: return math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
 
 def make_betas(num_train_timesteps:int=1000, # T
@@ -49,8 +61,10 @@ def make_betas(num_train_timesteps:int=1000, # T
               )->Tensor: # (T,) float32
     "The variance schedule: the noise variance added at each of the T forward steps."
     _check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
-    if not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
+    if isinstance(num_train_timesteps, bool) or not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
         raise ValueError(f"num_train_timesteps must be a positive int, got {num_train_timesteps!r}")
+    _check_number("beta_start", beta_start, 0.0, 1.0)
+    _check_number("beta_end", beta_end, beta_start, 1.0)
     if beta_schedule == "linear": return torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
     T, f = num_train_timesteps, _cosine_alpha_bar
     return torch.tensor([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=torch.float32)
@@ -225,7 +239,7 @@ class DDIMScheduler(_Scheduler):
         "x_t -> x_t' = sqrt(alpha-bar_t') x0 + sqrt(1 - alpha-bar_t' - sigma^2) eps + sigma z."
         if self.num_inference_steps is None:
             raise ValueError("DDIMScheduler.step: call set_timesteps(num_inference_steps) first")
-        if eta < 0: raise ValueError(f"eta must be >= 0, got {eta}")
+        _check_number("eta", eta, 0.0, 1.0)      # above 1 the re-noising variance goes negative (NaN samples)
         t, prev_t = self._step_inputs(model_output, timestep, sample)
         alpha_prod_t = self.alphas_cumprod[t]
         alpha_prod_t_prev = self.alphas_cumprod[prev_t] if prev_t >= 0 else self.final_alpha_cumprod
@@ -249,7 +263,7 @@ def diffusers_parity(scheduler:str="ddim", # 'ddpm' or 'ddim'
                      **config # SchedulerConfig options, e.g. beta_schedule='squaredcos_cap_v2'
                     )->dict: # largest absolute differences: schedule, add_noise, velocity, trajectory, x0
     "Run our scheduler and diffusers' side by side on the same inputs; return the largest differences."
-    import diffusers
+    diffusers = require("diffusers", "diffusers_parity")
     _check_choice("scheduler", scheduler, ("ddpm", "ddim"))
     ours = (DDPMScheduler if scheduler == "ddpm" else DDIMScheduler)(**config)
     theirs = getattr(diffusers, "DDPMScheduler" if scheduler == "ddpm" else "DDIMScheduler")(**config)
@@ -283,6 +297,7 @@ def guided_eps(eps_uncond:Tensor, # (B, ...) the prediction without the caption
                guidance_scale:float # w: 0 unconditional, 1 conditional, > 1 guided
               )->Tensor: # (B, ...)
     "Classifier-free guidance: eps_uncond + w (eps_cond - eps_uncond)."
+    _check_number("guidance_scale", guidance_scale)
     if not isinstance(eps_uncond, Tensor) or not isinstance(eps_cond, Tensor) or eps_uncond.shape != eps_cond.shape:
         raise ValueError(f"eps_cond must be a tensor of eps_uncond's shape {tuple(getattr(eps_uncond, 'shape', ()))}, "
                          f"got {tuple(eps_cond.shape) if isinstance(eps_cond, Tensor) else type(eps_cond).__name__}")
@@ -295,6 +310,8 @@ def timestep_embedding(timesteps:Tensor, # (B,) timesteps
                       )->Tensor: # (B, dim): cosines, then sines, of t times dim/2 geometric frequencies
     "Sinusoidal features of the timestep, cosines first (Stable Diffusion's UNet settings)."
     if dim % 2 or dim < 2: raise ValueError(f"dim must be a positive even number, got {dim}")
+    if not isinstance(timesteps, Tensor) or timesteps.ndim != 1:
+        raise ValueError(f"timesteps must be a 1-D tensor (B,), got {tuple(timesteps.shape) if isinstance(timesteps, Tensor) else type(timesteps).__name__}")
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
     args = timesteps.float()[:, None] * freqs[None]                                   # (B, dim/2)
@@ -392,7 +409,10 @@ class ConditionalUNet(nn.Module):
                )->UNetOutput:
         x, ctx, mask = sample, encoder_hidden_states, encoder_attention_mask
         self._check(x, ctx, mask)
-        t = torch.as_tensor(timestep, device=x.device).reshape(-1).expand(len(x))          # (B,)
+        t = torch.as_tensor(timestep, device=x.device).reshape(-1)
+        if t.numel() not in (1, len(x)) or t.dtype == torch.bool or t.is_complex():
+            raise ValueError(f"timestep: expected one number or one per sample ({len(x)}), got {t.dtype} of shape {tuple(torch.as_tensor(timestep).shape)}")
+        t = t.expand(len(x))                                                                 # (B,)
         temb = self.time_embedding(timestep_embedding(t, self.cfg.channels[0]))              # (B, T)
         h, skips = self.conv_in(x), []
         for i, (res, att) in enumerate(zip(self.down, self.down_attn)):
@@ -418,6 +438,7 @@ class ConditionalUNet(nn.Module):
 # %% ../nbs/14_generation.ipynb #82e421c1
 def diffusers_block_parity(seed:int=0)->dict: # largest absolute differences
     "Our ResBlock and timestep features against diffusers' ResnetBlock2D and get_timestep_embedding, on random inputs."
+    require("diffusers", "diffusers_block_parity")
     from diffusers.models.embeddings import get_timestep_embedding
     from diffusers.models.resnet import ResnetBlock2D
     g = torch.Generator().manual_seed(seed)
@@ -448,9 +469,7 @@ class CaptionEncoder(nn.Module):
     def train(self, mode:bool=True): return super().train(False)       # frozen: always in eval mode
     @torch.no_grad()
     def forward(self, prompts:Sequence[str])->tuple[Tensor, Tensor]:   # -> (B, L, D) states, (B, L) bool mask
-        if isinstance(prompts, str) or not len(prompts):
-            raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
-        tok = self.tokenizer(list(prompts), padding=True, return_tensors="pt")
+        tok = self.tokenizer(_check_prompts(prompts), padding=True, return_tensors="pt")
         dev = next(self.text_model.parameters()).device
         ids, mask = tok["input_ids"].to(dev), tok["attention_mask"].to(dev)
         return self.text_model.token_states(ids, mask), mask.bool()
@@ -497,6 +516,13 @@ class TextToImage(nn.Module):
         return torch.where(keep[..., None], states, e.to(states.dtype)), torch.where(keep, mask, em)
 
     def forward(self, batch:Batch)->DiffusionOutput:
+        need = {"inputs": ("vision", "text"), "mask": ("text",), "pad_mask": ("text",)}
+        for field, keys in need.items():
+            got = getattr(batch, field, None)
+            if not isinstance(got, dict) or any(k not in got for k in keys):
+                raise ValueError(f"batch: TextToImage needs a Batch with {field} {', '.join(map(repr, keys))} "
+                                 f"(images under 'vision', caption token states under 'text'); got {field} "
+                                 f"{sorted(got) if isinstance(got, dict) else type(batch).__name__}")
         x0 = batch.inputs["vision"]
         present = batch.mask["text"].bool()
         if self.training and self.p_uncond > 0:
@@ -520,8 +546,12 @@ def sample(model, # TextToImage, or DiffusersTextToImage over a pipeline
            eta:float=0.0 # DDIM's noise level (ignored by schedulers without one)
           )->Tensor: # (B, C, H, W) images in [-1, 1]
     "Generate one image per prompt with classifier-free guidance: one batched forward for both halves per step."
-    if isinstance(prompts, str) or not len(prompts): raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}")
-    if guidance_scale < 0: raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+    prompts = _check_prompts(prompts)
+    _check_number("guidance_scale", guidance_scale, 0.0)
+    missing = [a for a in ("encode_prompts", "denoise", "decode", "sample_shape", "unet", "scheduler") if not hasattr(model, a)]
+    if missing:
+        raise ValueError(f"model must offer encode_prompts, denoise, decode, sample_shape, unet and scheduler "
+                         f"(TextToImage or DiffusersTextToImage); {type(model).__name__} lacks {', '.join(missing)}")
     sched = scheduler if scheduler is not None else model.scheduler
     dev = next(model.unet.parameters()).device
     sched.set_timesteps(steps, device=dev)
@@ -576,6 +606,8 @@ def scene_labels(colors:Sequence, # per scene, [colour of object 0, colour of ob
         raise ValueError(f"colors, shapes and relations must have one entry per scene; got {len(colors)}, {len(shapes)}, {len(relations)}")
     rows = []
     for cs, ss, rel in zip(colors, shapes, relations):
+        if len(cs) != 2 or len(ss) != 2:
+            raise ValueError(f"colors and shapes: every scene has two objects, got colours {list(cs)} and shapes {list(ss)}")
         _check_choice("relation", rel, tuple(RELATIONS))
         for c in cs: _check_choice("colour", c, tuple(color_names))
         for s in ss: _check_choice("shape", s, tuple(shape_names))
@@ -588,7 +620,13 @@ def scene_pixels(images:Sequence, # PIL images (RGB), all of one size
                  size:int|None=None # side to shrink to by averaging pixel blocks (None: keep); divides the side
                 )->Tensor: # (N, 3, size, size) in [-1, 1]
     "PIL scenes as the [-1, 1] tensors diffusion works on, optionally shrunk by an integer factor."
-    x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images]))
+    if not len(images): raise ValueError("images: expected at least one image, got none")
+    arrays = [np.asarray(im.convert("RGB"), dtype=np.float32) for im in images]
+    if len({a.shape for a in arrays}) > 1 or arrays[0].shape[0] != arrays[0].shape[1]:
+        raise ValueError(f"images must be square and all of one size, got sizes {sorted({a.shape[1::-1] for a in arrays})}")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"size must be a positive int or None, got {size!r}")
+    x = torch.from_numpy(np.stack(arrays))
     x = x.permute(0, 3, 1, 2) / 127.5 - 1                                             # (N, 3, H, H)
     if size is None or size == x.shape[-1]: return x.contiguous()
     if x.shape[-1] % size: raise ValueError(f"size must divide the image side {x.shape[-1]}, got {size}")
@@ -619,6 +657,8 @@ class AttributeClassifier(nn.Module):
         s = self.image_size
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, s, s):
             raise ValueError(f"pixel_values: expected (B, 3, {s}, {s}), got {tuple(pixel_values.shape)}")
+        if labels is not None and (labels.shape != (len(pixel_values), len(ATTRIBUTES)) or labels.dtype != torch.long):
+            raise ValueError(f"labels: expected long ({len(pixel_values)}, {len(ATTRIBUTES)}) from scene_labels, got {labels.dtype} {tuple(labels.shape)}")
         h = self.features(pixel_values)
         logits = {a: head(h) for a, head in self.heads.items()}
         loss = None if labels is None else sum(F.cross_entropy(logits[a], labels[:, k]) for k, a in enumerate(ATTRIBUTES))

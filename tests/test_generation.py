@@ -231,6 +231,7 @@ def test_bad_scheduler_input_names_the_argument():
     with pytest.raises(ValueError, match="set_timesteps"): d.step(x, 5, x)
     d.set_timesteps(10)
     with pytest.raises(ValueError, match=r"eta.*-0\.5"): d.step(x, 900, x, eta=-0.5)
+    with pytest.raises(ValueError, match=r"eta.*\[0.0, 1.0\].*1\.5"): d.step(x, 900, x, eta=1.5)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -479,7 +480,7 @@ def test_sample_seeds_and_per_prompt_generators():
                  generator=[torch.Generator().manual_seed(6)])
     assert torch.allclose(both[1:], one, atol=1e-5)          # a prompt's image does not depend on the others
     with pytest.raises(ValueError, match="prompts.*non-empty list"): sample(m, "a red circle")
-    with pytest.raises(ValueError, match=r"guidance_scale.*>= 0.*-1"): sample(m, p, guidance_scale=-1)
+    with pytest.raises(ValueError, match=r"guidance_scale.*\[0\.0, inf\].*-1"): sample(m, p, guidance_scale=-1)
 
 
 def test_fit_trains_the_text_to_image_model():
@@ -584,3 +585,60 @@ def test_attribute_classifier_heads_loss_and_errors():
     with pytest.raises(ValueError, match=r"colour.*'teal'"): scene_labels([["red", "teal"]], [["circle", "square"]], ["left"], COLS)
     with pytest.raises(ValueError, match="one entry per scene"): scene_labels([["red", "blue"]], [], ["left"], COLS)
     with pytest.raises(ValueError, match=r"pred and target.*\(1, 4\)"): attribute_scores(torch.zeros(1, 4), torch.zeros(1, 5))
+
+
+# ---------------------------------------------------------------- bad input over the public entry points
+
+PKG = __import__("pathlib").Path(__import__("mmlab").__file__).parent
+
+
+def _refused_by_mmlab(fn, *words):
+    "fn() must raise a ValueError from mmlab's own code whose message holds every word."
+    with pytest.raises(ValueError) as e: fn()
+    frame = __import__("traceback").extract_tb(e.value.__traceback__)[-1]
+    assert __import__("pathlib").Path(frame.filename).resolve().is_relative_to(PKG), f"raised at {frame.filename}: {e.value}"
+    assert all(w in str(e.value) for w in words), (str(e.value), words)
+
+
+numbers = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5), st.booleans(), st.none(), st.just("3"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(beta_start=numbers, beta_end=numbers, eta=numbers, w=numbers)
+def test_numbers_are_finite_and_in_range_or_refused(beta_start, beta_end, eta, w):
+    ok = lambda v, lo=-math.inf: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= lo
+    if ok(beta_start, 0) and ok(beta_end, beta_start) and beta_end <= 1: make_betas(10, beta_start, beta_end)
+    else: _refused_by_mmlab(lambda: make_betas(10, beta_start, beta_end), "beta_")
+    d = DDIMScheduler(); d.set_timesteps(10)
+    x = torch.randn(2, 3)
+    if ok(eta, 0) and eta <= 1: assert torch.isfinite(d.step(x, 900, x, eta=eta, generator=torch.Generator().manual_seed(0)).prev_sample).all()
+    else: _refused_by_mmlab(lambda: d.step(x, 900, x, eta=eta), "eta", repr(eta))
+    if ok(w): guided_eps(x, x, w)
+    else: _refused_by_mmlab(lambda: guided_eps(x, x, w), "guidance_scale", repr(w))
+    m = _model()
+    if not ok(w, 0): _refused_by_mmlab(lambda: sample(m, ["a red circle"], steps=2, guidance_scale=w), "guidance_scale", repr(w))
+
+
+def test_sampling_training_and_judging_refuse_bad_input_by_name():
+    m = _model()
+    for bad in ("a red circle", [], ["a red circle", 3], None):
+        _refused_by_mmlab(lambda: sample(m, bad, steps=2), "prompts", "non-empty list of strings")
+        _refused_by_mmlab(lambda: m.encoder(bad), "prompts")
+    _refused_by_mmlab(lambda: sample(torch.nn.Linear(2, 2), ["a red circle"], steps=2), "model", "encode_prompts", "Linear")
+    _refused_by_mmlab(lambda: sample(m, ["a red circle"], steps=0), "num_inference_steps", "0")
+    rows = _rows(m, 4)
+    no_text = Batch(inputs={"vision": rows.inputs["vision"]}, mask={"vision": rows.mask["vision"]})
+    _refused_by_mmlab(lambda: m(no_text), "batch", "'text'", "['vision']")
+    _refused_by_mmlab(lambda: m({"vision": rows.inputs["vision"]}), "batch", "inputs", "dict")
+    unet = m.unet
+    x, ctx = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 12)
+    _refused_by_mmlab(lambda: unet(x, torch.tensor([1, 2, 3]), ctx), "timestep", "one per sample (2)", "(3,)")
+    _refused_by_mmlab(lambda: timestep_embedding(torch.zeros(2, 2), 8), "timesteps", "1-D", "(2, 2)")
+    _refused_by_mmlab(lambda: scene_labels([["red"]], [["circle", "square"]], ["left"], ["red", "blue"]), "two objects", "['red']")
+    _refused_by_mmlab(lambda: scene_pixels([]), "images", "none")
+    from PIL import Image
+    _refused_by_mmlab(lambda: scene_pixels([Image.new("RGB", (8, 8)), Image.new("RGB", (4, 4))]), "one size", "(4, 4)", "(8, 8)")
+    _refused_by_mmlab(lambda: scene_pixels([Image.new("RGB", (8, 8))], 0), "size", "0")
+    judge = AttributeClassifier(n_colors=3, image_size=8)
+    _refused_by_mmlab(lambda: judge(torch.randn(2, 3, 8, 8), torch.zeros(2, 4, dtype=torch.long)), "labels", "(2, 5)", "(2, 4)")
+    _refused_by_mmlab(lambda: judge(torch.randn(2, 3, 8, 8), torch.zeros(2, 5)), "labels", "float32")
