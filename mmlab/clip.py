@@ -138,9 +138,10 @@ class TextTower(nn.Module):
             raise ValueError(f"text: every sequence needs an end-of-text token (id {self.c.eos_token_id}); "
                              f"rows without one: {(~is_eos.any(dim=-1)).nonzero().flatten().tolist()}")
         return is_eos.int().argmax(dim=-1)
-    def forward(self, input_ids:Tensor, # (B, L) token ids
-                attention_mask:Tensor|None=None # (B, L) 1 for tokens, 0 for padding
-               )->Tensor: # (B, D) the state at the end-of-text token
+    def token_states(self, input_ids:Tensor, # (B, L) token ids
+                     attention_mask:Tensor|None=None # (B, L) 1 for tokens, 0 for padding
+                    )->Tensor: # (B, L, D) every token's final state (what text-to-image models attend to)
+        "The final LayerNorm'd state of every token (Hugging Face's `last_hidden_state`)."
         if input_ids.ndim != 2 or input_ids.is_floating_point():
             raise ValueError(f"text: expected (B, L) integer token ids, got {input_ids.dtype} {tuple(input_ids.shape)}")
         B, L = input_ids.shape
@@ -152,8 +153,12 @@ class TextTower(nn.Module):
         x = self.token_embed(input_ids) + self.pos_embed[:L]                                # (B, L, D)
         keys = attention_mask.bool() if attention_mask is not None else None                # (B, L) True on tokens
         for blk in self.blocks: x = blk(x, mask=keys, is_causal=True).hidden
-        x = self.norm_final(x)
-        return x[torch.arange(B, device=x.device), self.eos_positions(input_ids)]         # (B, D)
+        return self.norm_final(x)
+    def forward(self, input_ids:Tensor, # (B, L) token ids
+                attention_mask:Tensor|None=None # (B, L) 1 for tokens, 0 for padding
+               )->Tensor: # (B, D) the state at the end-of-text token
+        x = self.token_states(input_ids, attention_mask)                                   # (B, L, D)
+        return x[torch.arange(len(x), device=x.device), self.eos_positions(input_ids)]    # (B, D)
 
 # %% ../nbs/07_clip.ipynb #7c8e39c6
 @dataclass

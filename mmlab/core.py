@@ -25,13 +25,14 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'CHECKPOINTS', 'COURSE_WORDS', 'TINY_TOKENIZERS',
-           'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'REFERENCE_PARTS', 'format_table', 'SettingsError', 'Settings',
-           'find_settings_file', 'settings', 'get_device', 'autocast_dtype', 'seed_everything', 'is_offline',
-           'register_tiny_config', 'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config',
-           'tiny_blip_config', 'tiny_vit_config', 'tiny_gpt2_config', 'tiny_llava_config', 'register_tiny_tokenizer',
-           'atomic_write', 'atomic_dir', 'tiny_checkpoint', 'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer',
-           'register_tiny_processor', 'load_processor', 'MissingExtraError', 'require', 'doctor']
+__all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'TINY_BUILDERS', 'CHECKPOINTS', 'COURSE_WORDS',
+           'TINY_TOKENIZERS', 'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'REFERENCE_PARTS', 'format_table', 'SettingsError',
+           'Settings', 'find_settings_file', 'settings', 'get_device', 'autocast_dtype', 'seed_everything',
+           'is_offline', 'register_tiny_config', 'register_tiny_builder', 'register_checkpoint', 'tiny_clip_config',
+           'tiny_bert_config', 'tiny_vilt_config', 'tiny_blip_config', 'tiny_vit_config', 'tiny_gpt2_config',
+           'tiny_stable_diffusion', 'tiny_llava_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir',
+           'tiny_checkpoint', 'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor',
+           'load_processor', 'MissingExtraError', 'require', 'doctor']
 
 # %% ../nbs/00_setup.ipynb #bd23a576
 def _cell(v, digits:int)->str:
@@ -228,6 +229,7 @@ def is_offline()->bool:
 # %% ../nbs/00_setup.ipynb #c7cc9fd6
 TINY_VOCAB_SIZE = 1024   # every tiny tokenizer fits in this many ids; tiny configs use this vocab size
 TINY_CONFIGS: dict[str, Callable] = {}     # model_type -> () -> PretrainedConfig
+TINY_BUILDERS: dict[str, Callable] = {}    # model_type -> () -> a whole stand-in (a diffusers pipeline) with save_pretrained
 CHECKPOINTS: dict[str, dict] = {}          # checkpoint name -> {'model_type':..., 'tokenizer':...}
 
 def register_tiny_config(model_type:str # Hugging Face model_type, e.g. 'clip'
@@ -236,8 +238,14 @@ def register_tiny_config(model_type:str # Hugging Face model_type, e.g. 'clip'
     def deco(fn): TINY_CONFIGS[model_type] = fn; return fn
     return deco
 
+def register_tiny_builder(model_type:str # e.g. 'stable-diffusion'
+                         ):
+    "Decorator: register a function building a whole tiny stand-in, for models that are not one class built from one config."
+    def deco(fn): TINY_BUILDERS[model_type] = fn; return fn
+    return deco
+
 def register_checkpoint(name:str, # e.g. 'openai/clip-vit-base-patch32'
-                        model_type:str, # the architecture, a key of TINY_CONFIGS
+                        model_type:str, # the architecture, a key of TINY_CONFIGS or TINY_BUILDERS
                         tokenizer:str|None=None # the tokenizer family, a key of TINY_TOKENIZERS
                        ):
     "Say which architecture and tokenizer family a checkpoint name uses."
@@ -285,6 +293,24 @@ def tiny_gpt2_config():
     return GPT2Config(vocab_size=TINY_VOCAB_SIZE, n_positions=128, n_embd=64, n_layer=2, n_head=4,
                       bos_token_id=0, eos_token_id=0, pad_token_id=0)
 
+@register_tiny_builder("stable-diffusion")
+def tiny_stable_diffusion():
+    "Stable Diffusion's wiring (CLIP text encoder, cross-attention UNet, VAE, DDIM with its betas) at 16 x 16 pixels, 8 x 8 latents."
+    require("diffusers", "the tiny Stable Diffusion stand-in")
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+                                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                                cross_attention_dim=_TINY_TEXT["hidden_size"], attention_head_dim=8, norm_num_groups=32)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        block_out_channels=(32, 64), layers_per_block=1, latent_channels=4, norm_num_groups=32, sample_size=16)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                              set_alpha_to_one=False, steps_offset=1)     # Stable Diffusion's schedule
+    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir("openai/clip-vit-base-patch32"))
+    return StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(tiny_clip_config().text_config), tokenizer=tokenizer,
+                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
 @register_tiny_config("llava")
 def tiny_llava_config():
     "LLaVA-1.5's wiring (a CLIP vision tower, a projector, a Llama) at the tiny size; token ids follow the tiny llava tokenizer."
@@ -306,6 +332,8 @@ for _name, _mt, _tok in [
     ("Salesforce/blip-image-captioning-large", "blip", "wordpiece"),
     ("gpt2", "gpt2", "bytebpe"), ("openai-community/gpt2", "gpt2", "bytebpe"),
     ("llava-hf/llava-1.5-7b-hf", "llava", "llava"), ("llava-hf/llava-1.5-13b-hf", "llava", "llava"),
+    ("stabilityai/stable-diffusion-2-1-base", "stable-diffusion", "clip"), ("stabilityai/stable-diffusion-2-1", "stable-diffusion", "clip"),
+    ("stable-diffusion-v1-5/stable-diffusion-v1-5", "stable-diffusion", "clip"), ("CompVis/stable-diffusion-v1-4", "stable-diffusion", "clip"),
 ]: register_checkpoint(_name, _mt, _tok)
 
 # %% ../nbs/00_setup.ipynb #0377b517
@@ -467,16 +495,16 @@ def tiny_checkpoint(model_cls, # a transformers model class, e.g. CLIPModel
                    )->Path: # directory with config.json and model.safetensors
     "Build (once) and save the tiny stand-in for `name` with `model_cls`; return its directory."
     def write(d):
-        if config is not None: cfg = config
-        else:
-            mt = _model_type(model_cls, name)
-            if mt not in TINY_CONFIGS:
-                raise KeyError(f"no tiny config for model_type {mt!r}; known: {', '.join(sorted(TINY_CONFIGS))}")
-            cfg = TINY_CONFIGS[mt]()
+        mt = _model_type(model_cls, name) if config is None else None
+        if mt is not None and mt not in TINY_CONFIGS and mt not in TINY_BUILDERS:
+            raise KeyError(f"no tiny config for model_type {mt!r}; known: {', '.join(sorted(TINY_CONFIGS | TINY_BUILDERS))}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)              # the same stand-in weights on every machine
-            # Auto classes build through from_config; concrete classes take the config directly
-            model = model_cls.from_config(cfg) if hasattr(model_cls, "_model_mapping") else model_cls(cfg)
+            if mt in TINY_BUILDERS: model = TINY_BUILDERS[mt]()               # a whole pipeline, built by its function
+            else:
+                cfg = config if config is not None else TINY_CONFIGS[mt]()
+                # Auto classes build through from_config; concrete classes take the config directly
+                model = model_cls.from_config(cfg) if hasattr(model_cls, "_model_mapping") else model_cls(cfg)
         model.save_pretrained(d, safe_serialization=True)
     return atomic_dir(_tiny_dir(name, model_cls.__name__), write)
 
@@ -595,7 +623,8 @@ OPTIONAL_PARTS = {   # import name -> (the extra that installs it, what the cour
     "matplotlib": ("data", "plots"), "accelerate": ("train", "training loop, multi-GPU"), "optuna": ("train", "hyperparameter search"),
     "faiss": ("search", "vector search"),
     "pycocoevalcap": ("caption", "METEOR 1.5 of the caption metrics (runs with Java)"), "openai": ("apis", "OpenAI API"), "anthropic": ("apis", "Anthropic API"),
-    "google.genai": ("apis", "Gemini API"), "nbformat": ("dev", "reading notebooks (grading)"),
+    "google.genai": ("apis", "Gemini API"), "diffusers": ("generation", "text-to-image pipelines"),
+    "nbformat": ("dev", "reading notebooks (grading)"),
     "nbclient": ("dev", "running notebooks (grading)"), "nbdev": ("dev", "notebook export"), "nbval": ("dev", "notebook tests"),
 }
 

@@ -28,6 +28,19 @@ def test_parity_with_hf(name):
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_token_states_are_hf_last_hidden_state(name):
+    "The text tower's per-token states (what text-to-image models attend to) equal CLIPTextModel's last_hidden_state."
+    cfg = CONFIGS[name]
+    hf = perturbed_hf(cfg, seed=1)
+    _, ids, mask = random_clip_inputs(cfg, batch=4, length=min(9, cfg.text_config.max_position_embeddings), seed=5)
+    ours = CLIP.from_hf(hf).eval()
+    with torch.no_grad():
+        got, want = ours.text.token_states(ids, mask), hf.text_model(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()                            # padded positions are not defined the same way by both
+    assert got.shape == want.shape and (got - want)[real].abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_state_dict_round_trip_is_exact(name):
     hf = perturbed_hf(CONFIGS[name])
     ours = CLIP.from_hf(hf)

@@ -190,6 +190,26 @@ def test_clip_tokenizer_ids_match_the_tiny_config(lab):
     assert ids[0] == cfg.bos_token_id and ids[-1] == cfg.eos_token_id and len(tok) <= cfg.vocab_size
 
 
+def test_stable_diffusion_name_resolves_to_a_tiny_pipeline(lab, capsys, tmp_path_factory, monkeypatch):
+    "A pipeline is not one class built from one config: its stand-in comes from a registered builder, saved and reloaded."
+    diffusers = pytest.importorskip("diffusers")
+    name = "stabilityai/stable-diffusion-2-1-base"
+    pipe = load_pretrained(diffusers.StableDiffusionPipeline, name)
+    assert "tiny StableDiffusionPipeline stand-in" in capsys.readouterr().out
+    assert type(pipe.unet).__name__ == "UNet2DConditionModel" and pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert pipe.vae_scale_factor == 2 and pipe.unet.config.sample_size == 8
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear" and pipe.tokenizer.model_max_length == 77
+    assert list((lab / "cache" / "tiny").rglob("*.safetensors")) and not list((lab / "cache" / "tiny").rglob("*.bin"))
+    ids = pipe.tokenizer("a red circle above a blue square")["input_ids"]
+    assert pipe.tokenizer.unk_token_id not in ids[1:-1]                       # (unk is also eos in CLIP tokenizers)
+    monkeypatch.setenv("MMLAB_CACHE_DIR", str(tmp_path_factory.mktemp("other")))
+    again = load_pretrained(diffusers.StableDiffusionPipeline, name, verbose=False)     # built again elsewhere: same weights
+    for part in ("unet", "vae", "text_encoder"):
+        a, b = getattr(pipe, part).state_dict(), getattr(again, part).state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    assert "diffusers" in core.OPTIONAL_PARTS
+
+
 def test_auto_class_stand_in(lab):
     from transformers import AutoModel
     model = load_pretrained(AutoModel, "bert-base-uncased", verbose=False)

@@ -10,7 +10,7 @@ import sys
 for name in {blocked!r}: sys.modules[name] = None
 """
 LIGHT = ["datasets", "librosa", "soundfile", "av", "sklearn", "matplotlib", "accelerate", "optuna", "faiss", "openai",
-         "anthropic", "google.genai", "google.generativeai", "nbformat", "nbclient", "nbdev", "nbval"]
+         "anthropic", "google.genai", "google.generativeai", "nbformat", "nbclient", "nbdev", "nbval", "diffusers"]
 
 
 def _run(code, blocked=LIGHT):
@@ -51,3 +51,13 @@ def test_grading_without_the_notebook_packages_names_the_extra(tmp_path):
     r = _run(f"import sys\nfrom mmlab.cli import main\nsys.exit(main(['grade', {str(tmp_path / 'x.ipynb')!r}]))")
     assert r.returncode != 0
     assert "mmlab grade" in r.stderr and "pip install 'mmlab[dev]'" in r.stderr, r.stderr
+
+
+def test_generation_works_without_diffusers_and_its_parity_check_names_the_extra():
+    r = _run("import torch\nfrom mmlab.generation import DDIMScheduler, diffusers_parity\n"
+             "s = DDIMScheduler(); s.set_timesteps(5); x = torch.randn(1, 2)\n"
+             "print(s.step(x, s.timesteps[0], x).prev_sample.shape)\n"
+             "try: diffusers_parity()\n"
+             "except ImportError as e: print('ERR', e)")
+    assert r.returncode == 0, r.stderr
+    assert "torch.Size([1, 2])" in r.stdout and "ERR" in r.stdout and "pip install 'mmlab[generation]'" in r.stdout, r.stdout
