@@ -398,6 +398,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'mmlab.core.tiny_gpt2_config': ('setup.html#tiny_gpt2_config', 'mmlab/core.py'),
                             'mmlab.core.tiny_llava_config': ('setup.html#tiny_llava_config', 'mmlab/core.py'),
                             'mmlab.core.tiny_tokenizer_dir': ('setup.html#tiny_tokenizer_dir', 'mmlab/core.py'),
+                            'mmlab.core.tiny_videomae_config': ('setup.html#tiny_videomae_config', 'mmlab/core.py'),
                             'mmlab.core.tiny_vilt_config': ('setup.html#tiny_vilt_config', 'mmlab/core.py'),
                             'mmlab.core.tiny_vit_config': ('setup.html#tiny_vit_config', 'mmlab/core.py')},
             'mmlab.data.preprocess': { 'mmlab.data.preprocess.AudioPreprocessor': ( 'preprocess.html#audiopreprocessor',
