@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import configparser
 import importlib
+import math
 import importlib.util
 import os
 import platform
@@ -30,7 +31,7 @@ __all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'C
            'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config', 'tiny_vit_config',
            'tiny_gpt2_config', 'tiny_llava_config', 'tiny_videomae_config', 'register_tiny_tokenizer', 'atomic_write',
            'atomic_dir', 'tiny_checkpoint', 'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer',
-           'register_tiny_processor', 'load_processor', 'doctor']
+           'register_tiny_processor', 'load_processor', 'MissingExtraError', 'require', 'doctor']
 
 # %% ../nbs/00_setup.ipynb #bd23a576
 def _cell(v, digits:int)->str:
@@ -70,7 +71,9 @@ DEFAULT_SETTINGS = {
 }
 
 # %% ../nbs/00_setup.ipynb #41bc9348
-def _parse_path(v, base): return (Path(base) / Path(v).expanduser()).resolve()
+def _parse_path(v, base):
+    if not v.strip(): raise ValueError("a directory path (it is empty)")
+    return (Path(base) / Path(v.strip()).expanduser()).resolve()
 
 def _parse_choice(*allowed):
     def parse(v, base):
@@ -86,19 +89,21 @@ def _parse_device(v, base):
         raise ValueError("one of auto, cpu, cuda, cuda:N, mps")
     return v
 
-def _parse_int(v, base):
-    try: return int(v)
-    except ValueError: raise ValueError("an integer") from None
+def _parse_seed(v, base):
+    try: x = int(v)
+    except ValueError: raise ValueError("an integer seed from 0 to 2**32 - 1") from None
+    if not 0 <= x < 2**32: raise ValueError("an integer seed from 0 to 2**32 - 1 (NumPy's range)")
+    return x
 
 def _parse_seconds(v, base):
     try: x = float(v)
     except ValueError: raise ValueError("a positive number of seconds") from None
-    if not x > 0: raise ValueError("a positive number of seconds")
+    if not (math.isfinite(x) and x > 0): raise ValueError("a positive, finite number of seconds")
     return x
 
 _PARSERS = {"data_dir": _parse_path, "cache_dir": _parse_path,
             "offline": _parse_choice("auto", "true", "false"), "device": _parse_device,
-            "seed": _parse_int, "grade_cell_timeout": _parse_seconds, "grade_total_timeout": _parse_seconds}
+            "seed": _parse_seed, "grade_cell_timeout": _parse_seconds, "grade_total_timeout": _parse_seconds}
 
 # %% ../nbs/00_setup.ipynb #b27d6835
 @dataclass(frozen=True)
@@ -114,6 +119,14 @@ class Settings:
     source: str                  # where the values came from (file, defaults, env overrides)
 
 # %% ../nbs/00_setup.ipynb #0d9e6808
+def _read_ini(f:Path)->configparser.ConfigParser:
+    "Parse an ini file without interpolation (a '%' is just a character); a clear SettingsError when it cannot be read."
+    cp = configparser.ConfigParser(interpolation=None)
+    try: cp.read_string(f.read_text(encoding="utf-8"), source=str(f))
+    except UnicodeDecodeError: raise SettingsError(f"cannot read {f}: it is not UTF-8 text") from None
+    except configparser.Error as e: raise SettingsError(f"cannot parse {f}: {str(e).splitlines()[0]}") from None
+    return cp
+
 def find_settings_file(start:Path|str|None=None # directory to start from; the working directory if None
                       )->Path|None: # nearest settings.ini with an [mmlab] section, or None
     "The nearest `settings.ini` with an `[mmlab]` section, searching upward from `start`."
@@ -121,10 +134,7 @@ def find_settings_file(start:Path|str|None=None # directory to start from; the w
     for p in (d, *d.parents):
         f = p / "settings.ini"
         if f.is_file():
-            cp = configparser.ConfigParser()
-            try: cp.read(f)
-            except configparser.Error as e: raise SettingsError(f"cannot parse {f}: {e}") from None
-            if cp.has_section("mmlab"): return f
+            if _read_ini(f).has_section("mmlab"): return f
     return None
 
 # %% ../nbs/00_setup.ipynb #ce880879
@@ -135,7 +145,7 @@ def settings(start:Path|str|None=None # directory to search upward from; the wor
     f = find_settings_file(start)
     sources = ["packaged defaults"]
     if f is not None:
-        cp = configparser.ConfigParser(); cp.read(f)
+        cp = _read_ini(f)
         unknown = set(cp["mmlab"]) - set(DEFAULT_SETTINGS)
         if unknown:
             raise SettingsError(f"unknown key(s) {sorted(unknown)} in [mmlab] of {f}; "
@@ -572,12 +582,28 @@ def load_processor(name:str, # a Hub checkpoint name or a local directory
     return proc
 
 # %% ../nbs/00_setup.ipynb #b27a184e
-OPTIONAL_PARTS = {   # import name -> what the course uses it for
-    "datasets": "generated datasets (Arrow)", "librosa": "audio features", "soundfile": "audio files",
-    "av": "video files (PyAV)", "sklearn": "CCA, t-SNE, probes", "matplotlib": "plots",
-    "accelerate": "training loop, multi-GPU", "faiss": "vector search", "openai": "OpenAI API",
-    "anthropic": "Anthropic API", "google.genai": "Gemini API", "nbdev": "notebook export", "nbval": "notebook tests",
+OPTIONAL_PARTS = {   # import name -> (the extra that installs it, what the course uses it for)
+    "datasets": ("data", "generated datasets (Arrow)"), "librosa": ("data", "audio features"),
+    "soundfile": ("data", "audio files"), "av": ("data", "video files (PyAV)"), "sklearn": ("data", "CCA, t-SNE, probes"),
+    "matplotlib": ("data", "plots"), "accelerate": ("train", "training loop, multi-GPU"), "optuna": ("train", "hyperparameter search"),
+    "faiss": ("search", "vector search"), "openai": ("apis", "OpenAI API"), "anthropic": ("apis", "Anthropic API"),
+    "google.genai": ("apis", "Gemini API"), "nbformat": ("dev", "reading notebooks (grading)"),
+    "nbclient": ("dev", "running notebooks (grading)"), "nbdev": ("dev", "notebook export"), "nbval": ("dev", "notebook tests"),
 }
+
+class MissingExtraError(ImportError):
+    "An optional package a function needs is not installed; the message names the pip extra that installs it."
+
+def require(module:str, # the import name, e.g. 'datasets'
+            needed_for:str # what needs it, e.g. 'make_trimodal'
+           ):
+    "Import an optional package, or raise MissingExtraError naming the extra that installs it."
+    try: return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is not None and e.name.split(".")[0] != module.split(".")[0]: raise   # a different package is missing
+        extra = (OPTIONAL_PARTS.get(module) or OPTIONAL_PARTS.get(module.split(".")[0]) or ("course", ""))[0]
+        raise MissingExtraError(f"{needed_for} needs the package {module!r}, which is not installed: "
+                                f"pip install 'mmlab[{extra}]' (or 'mmlab[course]' for everything)") from None
 
 def _version(mod:str)->str|None:
     try: m = importlib.import_module(mod)
@@ -585,7 +611,7 @@ def _version(mod:str)->str|None:
     return getattr(m, "__version__", None) or "installed"
 
 def doctor()->int:
-    "Print what the course will run with; 0 when the core (torch, transformers, settings) works."
+    "Print what the course will run with; 0 when the library works (torch, transformers, settings), whatever is optional."
     import transformers
     from mmlab import __version__
     ok = True
@@ -598,10 +624,16 @@ def doctor()->int:
                  ("settings", s.source), ("cache_dir", str(s.cache_dir)), ("data_dir", str(s.data_dir))]
     except (SettingsError, RuntimeError) as e:
         rows.append(("settings", f"ERROR: {e}")); ok = False
-    for mod, why in OPTIONAL_PARTS.items():
+    missing = []
+    for mod, (extra, why) in OPTIONAL_PARTS.items():
         v = _version(mod)
-        rows.append((mod, f"{v}  ({why})" if v else f"missing  ({why}; pip install 'mmlab[course]')"))
+        if not v: missing.append(extra)
+        rows.append((mod, f"{v}  ({why})" if v else f"missing  ({why}; pip install 'mmlab[{extra}]')"))
     w = max(len(k) for k, _ in rows)
     for k, v in rows: print(f"{k:<{w}}  {v}")
-    print("the course can run here" if ok else "the course cannot run here: fix the lines marked ERROR")
+    if not ok: print("the library cannot run here: fix the lines marked ERROR")
+    elif missing:
+        print(f"the library works here; the whole course needs {len(missing)} more package(s): "
+              f"pip install 'mmlab[{','.join(dict.fromkeys(missing))}]' (or 'mmlab[course]')")
+    else: print("the library works here, and the whole course can run")
     return 0 if ok else 1
