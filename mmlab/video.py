@@ -35,7 +35,9 @@ from .train import ClassifierOutput
 
 # %% auto #0
 __all__ = ['ACTIONS', 'VIDEO_SHAPES', 'SAMPLINGS', 'ShapeTrack', 'moving_shape_track', 'render_frames', 'shape_sound',
-           'clip_captions', 'make_moving_shapes', 'read_clip', 'VideoClips']
+           'clip_captions', 'make_moving_shapes', 'read_clip', 'VideoClips', 'VideoCfg', 'VideoClassifier',
+           'FrameEncoder', 'SingleFrame', 'CNNLSTM', 'mid_channels', 'Conv2Plus1D', 'C3D', 'R2Plus1D',
+           'VideoTransformerCfg', 'sinusoid_table', 'VideoTransformer', 'videomae_cfg', 'videomae_to_ours']
 
 # %% ../nbs/12_video.ipynb #7d6c8a00
 ACTIONS = ("left", "right", "up", "down", "corner", "bounce", "rotate", "grow")   # label ids 0..7 of make_moving_shapes
@@ -322,3 +324,210 @@ class VideoClips(torch.utils.data.Dataset):
         row = {"sample_id": self.ids[v] if start is None else f"{self.ids[v]}@{start}", "video": clip}
         if self.labels is not None: row["label"] = self.labels[v]
         return row
+
+# %% ../nbs/12_video.ipynb #0965f3b4
+@dataclass
+class VideoCfg:
+    "Sizes of the convolutional and recurrent video classifiers."
+    num_classes: int = 8          # K
+    frames: int = 8               # T of the clips the model takes
+    size: int = 32                # H = W
+    channels: int = 3             # C
+    width: int = 16               # channels after the first convolution (doubled at each later stage)
+    feature_dim: int = 64         # per-frame feature width (single frame, CNN + LSTM)
+    hidden: int = 64              # LSTM state width
+
+def _video_and_labels(batch, # a Batch with inputs['video'], or a clip tensor (B, T, C, H, W)
+                      labels:Tensor|None, cfg)->tuple[Tensor, Tensor|None]:
+    "The clip tensor and the labels of a batch, with the shape the model was built for."
+    if isinstance(batch, Batch):
+        if "video" not in batch.inputs: raise SchemaError(f"the batch has no video; it has {sorted(batch.inputs)}")
+        video, labels = batch.inputs["video"], batch.labels.get("label") if labels is None else labels
+    elif isinstance(batch, Tensor): video = batch
+    else: raise SchemaError(f"expected a Batch or a video tensor (B, T, C, H, W), got {type(batch).__name__}")
+    want = (cfg.frames, cfg.channels, cfg.size, cfg.size)
+    if video.ndim != 5 or tuple(video.shape[1:]) != want:
+        raise SchemaError(f"video: expected shape (B, {', '.join(map(str, want))}), got {tuple(video.shape)}")
+    if not video.is_floating_point(): raise SchemaError(f"video: expected floats (normalised frames), got {video.dtype}")
+    return video, labels
+
+class VideoClassifier(nn.Module):
+    "Base of the course's video classifiers: `forward(batch)` -> ClassifierOutput; subclasses define `logits(video)`."
+    def forward(self, batch, labels:Tensor|None=None)->ClassifierOutput:
+        video, labels = _video_and_labels(batch, labels, self.cfg)
+        logits = self.logits(video)                                                    # (B, K)
+        return ClassifierOutput(logits, None if labels is None else F.cross_entropy(logits, labels), labels)
+
+# %% ../nbs/12_video.ipynb #2435223d
+def _conv_bn(conv:nn.Module, channels:int, dims:int=2)->nn.Sequential:
+    return nn.Sequential(conv, (nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d)(channels), nn.ReLU(inplace=True))
+
+class FrameEncoder(nn.Module):
+    "A 2D CNN that summarises one frame (C, H, W) as a feature vector; flattening keeps where things are."
+    def __init__(self, cfg:VideoCfg):
+        super().__init__()
+        w = cfg.width
+        self.convs = nn.Sequential(*(_conv_bn(nn.Conv2d(a, b, 3, 2, 1, bias=False), b)
+                                     for a, b in [(cfg.channels, w), (w, 2 * w), (2 * w, 2 * w)]))
+        self.proj = nn.Linear(2 * w * (cfg.size // 8) ** 2, cfg.feature_dim)
+    def forward(self, frames:Tensor)->Tensor:                               # (B, C, H, W) -> (B, F)
+        return F.relu(self.proj(self.convs(frames).flatten(1)))
+
+class SingleFrame(VideoClassifier):
+    "The baseline: a 2D CNN on the middle frame only."
+    def __init__(self, cfg:VideoCfg=VideoCfg()):
+        super().__init__()
+        self.cfg, self.encoder, self.head = cfg, FrameEncoder(cfg), nn.Linear(cfg.feature_dim, cfg.num_classes)
+    def logits(self, video:Tensor)->Tensor:                                 # (B, T, C, H, W) -> (B, K)
+        return self.head(self.encoder(video[:, video.shape[1] // 2]))
+
+class CNNLSTM(VideoClassifier):
+    "LRCN: the 2D CNN on every frame, an LSTM over the frame features, the last state classifies."
+    def __init__(self, cfg:VideoCfg=VideoCfg()):
+        super().__init__()
+        self.cfg, self.encoder = cfg, FrameEncoder(cfg)
+        self.lstm = nn.LSTM(cfg.feature_dim, cfg.hidden, batch_first=True)
+        self.head = nn.Linear(cfg.hidden, cfg.num_classes)
+    def logits(self, video:Tensor)->Tensor:
+        B, T = video.shape[:2]
+        h = self.encoder(video.flatten(0, 1)).view(B, T, -1)                # (B, T, F)
+        _, (last, _) = self.lstm(h)                                          # (1, B, hidden)
+        return self.head(last[-1])
+
+# %% ../nbs/12_video.ipynb #32c65ea1
+def mid_channels(in_channels:int, out_channels:int, kt:int=3, k:int=3)->int:
+    "M: the width between the spatial and temporal convolutions of a (2+1)D block with the parameters of a kt x k x k one."
+    return (kt * k * k * in_channels * out_channels) // (k * k * in_channels + kt * out_channels)
+
+class Conv2Plus1D(nn.Sequential):
+    "A kt x k x k convolution factorised: spatial 1 x k x k to M channels, BatchNorm + ReLU, temporal kt x 1 x 1."
+    def __init__(self, in_channels:int, out_channels:int, kernel:tuple[int, int]=(3, 3), # (kt, k)
+                 stride:tuple[int, int, int]=(1, 1, 1), # (time, height, width)
+                 mid:int|None=None # M; None matches the parameters of the 3D convolution
+                ):
+        (kt, k), (st, sh, sw) = kernel, stride
+        m = mid or mid_channels(in_channels, out_channels, kt, k)
+        super().__init__(nn.Conv3d(in_channels, m, (1, k, k), (1, sh, sw), (0, k // 2, k // 2), bias=False),
+                         nn.BatchNorm3d(m), nn.ReLU(inplace=True),
+                         nn.Conv3d(m, out_channels, (kt, 1, 1), (st, 1, 1), (kt // 2, 0, 0), bias=False))
+
+_STAGES = lambda w, c: [(c, w, (1, 2, 2)), (w, 2 * w, (2, 2, 2)), (2 * w, 4 * w, (2, 2, 2))]   # (in, out, stride) per stage
+
+class C3D(VideoClassifier):
+    "3D convolutions over (time, height, width), then global average pooling."
+    def __init__(self, cfg:VideoCfg=VideoCfg()):
+        super().__init__()
+        self.cfg = cfg
+        self.convs = nn.Sequential(*(_conv_bn(self.conv(a, b, s), b, 3) for a, b, s in _STAGES(cfg.width, cfg.channels)))
+        self.head = nn.Linear(4 * cfg.width, cfg.num_classes)
+    def conv(self, a:int, b:int, stride)->nn.Module: return nn.Conv3d(a, b, 3, stride, 1, bias=False)
+    def logits(self, video:Tensor)->Tensor:
+        x = self.convs(video.transpose(1, 2))                                # (B, C, T, H, W) -> (B, 4w, T/4, H/8, W/8)
+        return self.head(x.mean((2, 3, 4)))
+
+class R2Plus1D(C3D):
+    "C3D with every 3 x 3 x 3 convolution factorised into (2+1)D."
+    def conv(self, a:int, b:int, stride)->nn.Module: return Conv2Plus1D(a, b, (3, 3), stride)
+
+# %% ../nbs/12_video.ipynb #26267d03
+@dataclass
+class VideoTransformerCfg:
+    "Sizes of the video transformer."
+    num_classes: int = 8          # K
+    frames: int = 8               # T
+    size: int = 32                # H = W
+    channels: int = 3             # C
+    patch: int = 8                # P: tubelets are tubelet x P x P pixels
+    tubelet: int = 2              # frames per token
+    dim: int = 64                 # D
+    layers: int = 2               # attention layers (a divided layer is a time block and a space block)
+    heads: int = 4
+    mlp_dim: int = 128
+    act: str = "gelu"
+    eps: float = 1e-5             # LayerNorm epsilon of the blocks (VideoMAE uses 1e-12)
+    attention: str = "divided"    # 'divided' (time, then space) or 'joint' (all tokens at once)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.attention not in ("divided", "joint"): raise ValueError(f"attention must be 'divided' or 'joint', got {self.attention!r}")
+        if self.size % self.patch or self.frames % self.tubelet:
+            raise ValueError(f"size {self.size} must be a multiple of patch {self.patch}, frames {self.frames} of tubelet {self.tubelet}")
+    def block(self)->BlockConfig:
+        "The attention chapter's BlockConfig of one block."
+        return BlockConfig(dim=self.dim, heads=self.heads, mlp_dim=self.mlp_dim, act=self.act, eps=self.eps,
+                           dropout=self.dropout, attn_dropout=self.dropout)
+
+def sinusoid_table(n:int, d:int)->Tensor: # (n, d)
+    "The fixed sine-cosine position table of the original transformer (and VideoMAE): sin on even, cos on odd widths."
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    angle = pos / 10000 ** (2 * (torch.arange(d) // 2) / d)                  # (n, d)
+    return torch.where(torch.arange(d) % 2 == 0, angle.sin(), angle.cos()).float()
+
+# %% ../nbs/12_video.ipynb #78e012c7
+class VideoTransformer(VideoClassifier):
+    "Tubelet tokens, a position embedding, TransformerBlocks with joint or divided space-time attention, mean pooling."
+    def __init__(self, cfg:VideoTransformerCfg=VideoTransformerCfg()):
+        super().__init__()
+        self.cfg = cfg
+        self.time_steps, self.patches = cfg.frames // cfg.tubelet, (cfg.size // cfg.patch) ** 2     # T', N
+        kernel = (cfg.tubelet, cfg.patch, cfg.patch)
+        self.embed = nn.Conv3d(cfg.channels, cfg.dim, kernel, kernel)
+        self.pos = nn.Parameter(torch.randn(1, self.time_steps * self.patches, cfg.dim) * .02)         # (1, T'N, D), learned
+        per_layer = 2 if cfg.attention == "divided" else 1
+        self.blocks = nn.ModuleList(TransformerBlock(cfg.block()) for _ in range(cfg.layers * per_layer))
+        self.norm, self.head = nn.LayerNorm(cfg.dim), nn.Linear(cfg.dim, cfg.num_classes)
+
+    def tokens(self, video:Tensor)->Tensor:                                  # (B, T, C, H, W) -> (B, T'N, D)
+        x = self.embed(video.transpose(1, 2))                                # (B, D, T', H/P, W/P)
+        x = x.flatten(2).transpose(1, 2) + self.pos                          # time-major tokens (B, T'N, D)
+        B, L, D = x.shape
+        if self.cfg.attention == "joint":
+            for blk in self.blocks: x = blk(x).hidden
+            return x
+        Tp, N = self.time_steps, self.patches
+        for time_blk, space_blk in zip(self.blocks[::2], self.blocks[1::2]):
+            x = x.view(B, Tp, N, D).transpose(1, 2).reshape(B * N, Tp, D)    # each place attends over time
+            x = time_blk(x).hidden
+            x = x.view(B, N, Tp, D).transpose(1, 2).reshape(B * Tp, N, D)    # each time step attends over space
+            x = space_blk(x).hidden.view(B, L, D)
+        return x
+
+    def logits(self, video:Tensor)->Tensor:
+        return self.head(self.norm(self.tokens(video).mean(1)))              # (B, K)
+
+# %% ../nbs/12_video.ipynb #b1b15ff4
+_HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "quick_gelu": "quick_gelu",
+                   "relu": "relu", "silu": "silu"}   # transformers' name -> the attention chapter's
+
+def videomae_cfg(config # a transformers VideoMAEConfig
+                )->VideoTransformerCfg:
+    "The joint-attention VideoTransformerCfg of a Hugging Face VideoMAE config."
+    if not config.use_mean_pooling: raise ValueError("only mean-pooling VideoMAE classifiers map onto VideoTransformer; "
+                                                     "load with use_mean_pooling=True")
+    if config.hidden_act not in _HF_ACTIVATIONS:
+        raise ValueError(f"activation {config.hidden_act!r} has no counterpart here; known: {', '.join(_HF_ACTIVATIONS)}")
+    return VideoTransformerCfg(num_classes=config.num_labels, frames=config.num_frames, size=config.image_size,
+                               channels=config.num_channels, patch=config.patch_size, tubelet=config.tubelet_size,
+                               dim=config.hidden_size, layers=config.num_hidden_layers, heads=config.num_attention_heads,
+                               mlp_dim=config.intermediate_size, act=_HF_ACTIVATIONS[config.hidden_act], eps=config.layer_norm_eps,
+                               attention="joint")
+
+@torch.no_grad()
+def videomae_to_ours(hf # a transformers VideoMAEForVideoClassification
+                    )->VideoTransformer:
+    "A VideoTransformer with the weights of a Hugging Face VideoMAE video classifier."
+    ours = VideoTransformer(videomae_cfg(hf.config))
+    emb, layers = hf.videomae.embeddings, hf.videomae.encoder.layer
+    ours.embed.load_state_dict(emb.patch_embeddings.projection.state_dict())
+    ours.pos.copy_(emb.position_embeddings)
+    for blk, layer in zip(ours.blocks, layers):
+        att = layer.attention.attention
+        for mine, theirs in [(blk.norm1, layer.layernorm_before), (blk.norm2, layer.layernorm_after),
+                             (blk.attn.out_proj, layer.attention.output.dense), (blk.mlp.fc1, layer.intermediate.dense),
+                             (blk.mlp.fc2, layer.output.dense)]:
+            mine.load_state_dict(theirs.state_dict())
+        for mine, theirs in [(blk.attn.q_proj, att.query), (blk.attn.k_proj, att.key), (blk.attn.v_proj, att.value)]:
+            mine.weight.copy_(theirs.weight)
+            mine.bias.copy_(theirs.bias if theirs.bias is not None else torch.zeros_like(mine.bias))   # keys: no bias
+    ours.norm.load_state_dict(hf.fc_norm.state_dict()); ours.head.load_state_dict(hf.classifier.state_dict())
+    return ours
