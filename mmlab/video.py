@@ -325,7 +325,7 @@ class VideoClips(torch.utils.data.Dataset):
         if self.labels is not None: row["label"] = self.labels[v]
         return row
 
-# %% ../nbs/12_video.ipynb #0965f3b4
+# %% ../nbs/12_video.ipynb #1b65b95f
 @dataclass
 class VideoCfg:
     "Sizes of the convolutional and recurrent video classifiers."
@@ -337,6 +337,7 @@ class VideoCfg:
     feature_dim: int = 64         # per-frame feature width (single frame, CNN + LSTM)
     hidden: int = 64              # LSTM state width
 
+# %% ../nbs/12_video.ipynb #4c1a85ca
 def _video_and_labels(batch, # a Batch with inputs['video'], or a clip tensor (B, T, C, H, W)
                       labels:Tensor|None, cfg)->tuple[Tensor, Tensor|None]:
     "The clip tensor and the labels of a batch, with the shape the model was built for."
@@ -351,6 +352,7 @@ def _video_and_labels(batch, # a Batch with inputs['video'], or a clip tensor (B
     if not video.is_floating_point(): raise SchemaError(f"video: expected floats (normalised frames), got {video.dtype}")
     return video, labels
 
+# %% ../nbs/12_video.ipynb #23472b16
 class VideoClassifier(nn.Module):
     "Base of the course's video classifiers: `forward(batch)` -> ClassifierOutput; subclasses define `logits(video)`."
     def forward(self, batch, labels:Tensor|None=None)->ClassifierOutput:
