@@ -28,10 +28,11 @@ import torch
 __all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'CHECKPOINTS', 'COURSE_WORDS', 'TINY_TOKENIZERS',
            'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'format_table', 'SettingsError', 'Settings', 'find_settings_file',
            'settings', 'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
-           'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config', 'tiny_vit_config',
-           'tiny_gpt2_config', 'tiny_llava_config', 'tiny_videomae_config', 'register_tiny_tokenizer', 'atomic_write',
-           'atomic_dir', 'tiny_checkpoint', 'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer',
-           'register_tiny_processor', 'load_processor', 'MissingExtraError', 'require', 'doctor']
+           'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config', 'tiny_blip_config',
+           'tiny_vit_config', 'tiny_gpt2_config', 'tiny_llava_config', 'tiny_videomae_config',
+           'register_tiny_tokenizer', 'atomic_write', 'atomic_dir', 'tiny_checkpoint', 'load_pretrained',
+           'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor', 'load_processor', 'MissingExtraError',
+           'require', 'doctor']
 
 # %% ../nbs/00_setup.ipynb #bd23a576
 def _cell(v, digits:int)->str:
@@ -267,6 +268,13 @@ def tiny_vilt_config():
     return ViltConfig(**_TINY_TEXT, image_size=32, patch_size=8, max_position_embeddings=40,
                       max_image_length=-1, num_images=-1, pad_token_id=0)
 
+@register_tiny_config("blip")
+def tiny_blip_config():
+    from transformers import BlipConfig
+    # ids follow the tiny wordpiece tokenizer: [PAD] = 0, [CLS] = 2 starts a caption, [SEP] = 3 ends it
+    text = dict(_TINY_TEXT, max_position_embeddings=64, bos_token_id=2, sep_token_id=3, eos_token_id=3, pad_token_id=0)
+    return BlipConfig(text_config=text, vision_config=dict(_TINY_VISION), projection_dim=64, image_text_hidden_size=64)
+
 @register_tiny_config("vit")
 def tiny_vit_config():
     from transformers import ViTConfig
@@ -302,6 +310,8 @@ for _name, _mt, _tok in [
     ("sentence-transformers/all-MiniLM-L6-v2", "bert", "wordpiece"),
     ("dandelin/vilt-b32-mlm", "vilt", "wordpiece"), ("dandelin/vilt-b32-finetuned-vqa", "vilt", "wordpiece"),
     ("google/vit-base-patch16-224", "vit", None), ("google/vit-base-patch16-224-in21k", "vit", None),
+    ("Salesforce/blip-image-captioning-base", "blip", "wordpiece"),
+    ("Salesforce/blip-image-captioning-large", "blip", "wordpiece"),
     ("gpt2", "gpt2", "bytebpe"), ("openai-community/gpt2", "gpt2", "bytebpe"),
     ("llava-hf/llava-1.5-7b-hf", "llava", "llava"), ("llava-hf/llava-1.5-13b-hf", "llava", "llava"),
     ("MCG-NJU/videomae-base", "videomae", None), ("MCG-NJU/videomae-base-finetuned-kinetics", "videomae", None),
@@ -541,6 +551,12 @@ def _tiny_clip_processor(tokenizer):
     images = CLIPImageProcessor(size={"shortest_edge": n}, crop_size={"height": n, "width": n})
     return CLIPProcessor(image_processor=images, tokenizer=tokenizer)
 
+@register_tiny_processor("blip")
+def _tiny_blip_processor(tokenizer):
+    from transformers import BlipImageProcessor, BlipProcessor
+    n = _TINY_VISION["image_size"]
+    return BlipProcessor(image_processor=BlipImageProcessor(size={"height": n, "width": n}), tokenizer=tokenizer)
+
 @register_tiny_processor("vilt")
 def _tiny_vilt_processor(tokenizer):
     from transformers import ViltImageProcessor, ViltProcessor
@@ -586,7 +602,8 @@ OPTIONAL_PARTS = {   # import name -> (the extra that installs it, what the cour
     "datasets": ("data", "generated datasets (Arrow)"), "librosa": ("data", "audio features"),
     "soundfile": ("data", "audio files"), "av": ("data", "video files (PyAV)"), "sklearn": ("data", "CCA, t-SNE, probes"),
     "matplotlib": ("data", "plots"), "accelerate": ("train", "training loop, multi-GPU"), "optuna": ("train", "hyperparameter search"),
-    "faiss": ("search", "vector search"), "openai": ("apis", "OpenAI API"), "anthropic": ("apis", "Anthropic API"),
+    "faiss": ("search", "vector search"),
+    "pycocoevalcap": ("caption", "METEOR 1.5 of the caption metrics (runs with Java)"), "openai": ("apis", "OpenAI API"), "anthropic": ("apis", "Anthropic API"),
     "google.genai": ("apis", "Gemini API"), "nbformat": ("dev", "reading notebooks (grading)"),
     "nbclient": ("dev", "running notebooks (grading)"), "nbdev": ("dev", "notebook export"), "nbval": ("dev", "notebook tests"),
 }
