@@ -55,11 +55,18 @@ CASES = ([(w, a, True, 12) for w in (2, 3, 5) for a in (0.0, 1.0, 2.0, -0.5)]
 
 @pytest.mark.parametrize("beams,alpha,stop,max_length", CASES)
 def test_beam_search_equals_hf(ved, beams, alpha, stop, max_length):
+    "Same sequences, same scores, and the search stops after as many decoder steps as HF's (the stopping rules)."
     model, pixels, cap, memory = ved
-    theirs = hf_generate(model, pixels, num_beams=beams, length_penalty=alpha, early_stopping=stop, max_length=max_length)
-    mine = ours(cap, memory, num_beams=beams, length_penalty=alpha, early_stopping=stop, max_length=max_length)
+    calls = []
+    hook = model.decoder.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        theirs = hf_generate(model, pixels, num_beams=beams, length_penalty=alpha, early_stopping=stop, max_length=max_length)
+        hf_steps = len(calls)
+        mine = ours(cap, memory, num_beams=beams, length_penalty=alpha, early_stopping=stop, max_length=max_length)
+    finally: hook.remove()
     assert torch.equal(theirs.sequences, mine.sequences)
     assert torch.allclose(theirs.sequences_scores, mine.scores, atol=1e-5)
+    assert len(calls) - hf_steps == hf_steps, (hf_steps, len(calls) - hf_steps)
 
 
 def test_grid_has_varied_lengths(ved):
@@ -84,6 +91,18 @@ def test_greedy_and_sampling_equal_hf(ved):
 
 def test_warp_logits_equals_hf_processors():
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+    # exact boundaries: equal logits have probabilities 1/4 exactly, so the cumulative sums hit 1 - top_p and k-th ties
+    flat = torch.zeros(2, 4)
+    for p, kept in [(0.5, 2), (0.75, 3), (0.25, 1)]:
+        assert torch.equal(torch.isinf(warp_logits(flat, top_p=p)), torch.isinf(TopPLogitsWarper(p)(None, flat.clone()))), p
+        assert int(torch.isfinite(warp_logits(flat, top_p=p)[0]).sum()) == kept, p
+    # however small top_p, the most likely token stays (float sums of probabilities can end at or below 1 - top_p)
+    x = torch.randn(64, 50, generator=torch.Generator().manual_seed(1))
+    kept = torch.isfinite(warp_logits(x, top_p=1e-8))
+    assert (kept.sum(-1) == 1).all() and kept.gather(1, x.argmax(-1, keepdim=True)).all()
+    tied = torch.tensor([[3.0, 1.0, 1.0, 0.0]])                          # the 2nd and 3rd most likely tie: top-2 keeps both
+    assert torch.isfinite(warp_logits(tied, top_k=2)).tolist() == [[True, True, True, False]]
+    assert torch.equal(torch.isinf(warp_logits(tied, top_k=2)), torch.isinf(TopKLogitsWarper(2)(None, tied.clone())))
     g = torch.Generator().manual_seed(0)
     for _ in range(20):
         x = torch.randn(4, 30, generator=g) * 3
