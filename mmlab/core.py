@@ -30,9 +30,9 @@ __all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'T
            'Settings', 'find_settings_file', 'settings', 'get_device', 'autocast_dtype', 'seed_everything',
            'is_offline', 'register_tiny_config', 'register_tiny_builder', 'register_checkpoint', 'tiny_clip_config',
            'tiny_bert_config', 'tiny_vilt_config', 'tiny_blip_config', 'tiny_vit_config', 'tiny_gpt2_config',
-           'tiny_stable_diffusion', 'tiny_llava_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir',
-           'tiny_checkpoint', 'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor',
-           'load_processor', 'MissingExtraError', 'require', 'doctor']
+           'tiny_stable_diffusion', 'tiny_llava_config', 'tiny_videomae_config', 'register_tiny_tokenizer',
+           'atomic_write', 'atomic_dir', 'tiny_checkpoint', 'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer',
+           'register_tiny_processor', 'load_processor', 'MissingExtraError', 'require', 'doctor']
 
 # %% ../nbs/00_setup.ipynb #bd23a576
 def _cell(v, digits:int)->str:
@@ -319,6 +319,13 @@ def tiny_llava_config():
     return LlavaConfig(vision_config=CLIPVisionConfig(**_TINY_VISION, projection_dim=64), text_config=text, image_token_index=4,
                        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu")
 
+@register_tiny_config("videomae")
+def tiny_videomae_config():
+    "VideoMAE's ViT over space-time tubelets (2 frames x 8 x 8 pixels) at the tiny size: 8 frames of 32 x 32, mean pooling."
+    from transformers import VideoMAEConfig
+    return VideoMAEConfig(**_TINY_VISION, num_frames=8, tubelet_size=2, use_mean_pooling=True, decoder_hidden_size=32,
+                          decoder_num_hidden_layers=1, decoder_num_attention_heads=4, decoder_intermediate_size=64)
+
 # %% ../nbs/00_setup.ipynb #f1d9df48
 for _name, _mt, _tok in [
     ("openai/clip-vit-base-patch32", "clip", "clip"), ("openai/clip-vit-base-patch16", "clip", "clip"),
@@ -334,6 +341,7 @@ for _name, _mt, _tok in [
     ("llava-hf/llava-1.5-7b-hf", "llava", "llava"), ("llava-hf/llava-1.5-13b-hf", "llava", "llava"),
     ("stabilityai/stable-diffusion-2-1-base", "stable-diffusion", "clip"), ("stabilityai/stable-diffusion-2-1", "stable-diffusion", "clip"),
     ("stable-diffusion-v1-5/stable-diffusion-v1-5", "stable-diffusion", "clip"), ("CompVis/stable-diffusion-v1-4", "stable-diffusion", "clip"),
+    ("MCG-NJU/videomae-base", "videomae", None), ("MCG-NJU/videomae-base-finetuned-kinetics", "videomae", None),
 ]: register_checkpoint(_name, _mt, _tok)
 
 # %% ../nbs/00_setup.ipynb #0377b517

@@ -183,6 +183,19 @@ def test_other_architectures_load_and_run(lab, name, cls_name):
         assert tok.unk_token_id not in ids[0].tolist()                   # course words are whole tokens
 
 
+def test_tiny_videomae_classifies_and_pretrains(lab):
+    "MCG-NJU/videomae-base stands in as a tiny VideoMAE: 8 frames of 32 x 32, tubelets 2 x 8 x 8, mean pooling."
+    from transformers import VideoMAEForPreTraining, VideoMAEForVideoClassification
+    clf = load_pretrained(VideoMAEForVideoClassification, "MCG-NJU/videomae-base", verbose=False, num_labels=8,
+                          ignore_mismatched_sizes=True).eval()
+    assert clf.config.model_type == "videomae" and clf.config.use_mean_pooling and clf.config.num_frames == 8
+    video = torch.randn(2, 8, 3, 32, 32)
+    assert clf(pixel_values=video).logits.shape == (2, 8)
+    mae = load_pretrained(VideoMAEForPreTraining, "MCG-NJU/videomae-base-finetuned-kinetics", verbose=False)
+    masked = torch.zeros(2, 4 * 16, dtype=torch.bool); masked[:, ::2] = True             # half the 64 tubelets hidden
+    assert mae(pixel_values=video, bool_masked_pos=masked).logits.shape == (2, 32, 2 * 8 * 8 * 3)
+
+
 def test_clip_tokenizer_ids_match_the_tiny_config(lab):
     tok = load_tokenizer("openai/clip-vit-base-patch32", verbose=False)
     cfg = core.tiny_clip_config().text_config

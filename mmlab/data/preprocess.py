@@ -17,13 +17,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core import load_pretrained, load_tokenizer, require
+from ..core import atomic_write, load_pretrained, load_tokenizer, require
 from .schema import SchemaError, to_tensor
 
 # %% auto #0
 __all__ = ['PreprocessError', 'VisionPreprocessor', 'mel_filterbank', 'log_mel_spectrogram', 'load_audio', 'AudioPreprocessor',
            'clean_text', 'TextPreprocessor', 'PretrainedTextEncoder', 'write_video', 'read_video_frames',
-           'sample_frame_indices', 'VideoPreprocessor', 'SensorPreprocessor', 'synchronize']
+           'read_audio_track', 'VideoInfo', 'video_info', 'sample_frame_indices', 'VideoPreprocessor',
+           'SensorPreprocessor', 'synchronize']
 
 # %% ../../nbs/01b_preprocess.ipynb #8d9129eb
 def _positive(what:str, value, integer:bool=False, allow_zero:bool=False):
@@ -266,47 +267,224 @@ class PretrainedTextEncoder(torch.nn.Module):
         return (h * p).sum(1) / p.sum(1).clamp(min=1)                             # (B, H)
 
 # %% ../../nbs/01b_preprocess.ipynb #d8e65b34
-def write_video(path:str|Path, # output file (.mp4)
-                frames:np.ndarray, # (T, H, W, 3) uint8
-                fps:int=8)->Path:
-    "Write frames to an MPEG-4 file with PyAV (for fixtures and demos)."
+_CONTAINERS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}   # suffix -> container format
+_VIDEO_CODECS = {   # codec name -> (PyAV encoder, its options given the keyframe interval g)
+    "h264": ("libx264", lambda g: {"crf": "18", "g": str(g), "keyint_min": str(g), "sc_threshold": "0", "bf": "0",
+                                   "preset": "veryfast", "tune": "zerolatency", "threads": "1"}),
+    "mpeg4": ("mpeg4", lambda g: {"qscale": "2", "g": str(g), "bf": "0", "threads": "1"}),
+}
+
+def _audio_track(audio, sample_rate)->np.ndarray:
+    "A waveform (n,) or (channels, n) -> contiguous float32 (channels, n), checked."
+    a = np.asarray(audio, dtype=np.float32)
+    if a.ndim == 1: a = a[None]
+    if a.ndim != 2 or a.shape[0] not in (1, 2) or a.shape[1] == 0:
+        raise PreprocessError(f"audio: expected a waveform (n,) or (channels, n) with 1 or 2 channels and n > 0, got shape {np.shape(audio)}")
+    if not np.isfinite(a).all(): raise PreprocessError(f"audio: the track has {int((~np.isfinite(a)).sum())} NaN/inf value(s)")
+    if not isinstance(sample_rate, (int, np.integer)) or not 8000 <= sample_rate <= 96000:
+        raise PreprocessError(f"audio: sample_rate must be an integer in 8000..96000 Hz (AAC), got {sample_rate!r}")
+    return np.ascontiguousarray(a)
+
+def write_video(path:str|Path, # output file: .mp4 (also .m4v, .mov, .mkv)
+                frames:np.ndarray, # (T, H, W, 3) uint8, H and W even
+                fps:int=8, # frames per second
+                audio:np.ndarray|None=None, # waveform (n,) or (channels, n) in [-1, 1], starting with the first frame
+                sample_rate:int=16000, # Hz, of `audio`
+                codec:str="h264", # 'h264' (libx264) or 'mpeg4'
+                keyframe_interval:int=4 # frames from one keyframe to the next
+               )->Path:
+    "Write frames, and an optional audio track synchronised with them (AAC), to a video file with PyAV, atomically."
     av = require("av", "reading and writing video")
     frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise PreprocessError(f"video: expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
-    with av.open(str(path), "w") as out:
-        st = out.add_stream("mpeg4", rate=fps)
-        st.width, st.height, st.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        st.options = {"qscale": "2"}
-        for f in frames:
-            for pkt in st.encode(av.VideoFrame.from_ndarray(f, format="rgb24")): out.mux(pkt)
-        for pkt in st.encode(): out.mux(pkt)
-    return Path(path)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise PreprocessError(f"video: expected uint8 frames (T, H, W, 3) with T > 0, got {frames.dtype} {frames.shape}")
+    H, W = frames.shape[1:3]
+    if H % 2 or W % 2: raise PreprocessError(f"video: yuv420p video needs an even width and height, got {W}x{H}")
+    if codec not in _VIDEO_CODECS: raise PreprocessError(f"video: unknown codec {codec!r}; expected one of {', '.join(_VIDEO_CODECS)}")
+    fmt = _CONTAINERS.get(Path(path).suffix.lower())
+    if fmt is None: raise PreprocessError(f"video: cannot tell the container of {str(path)!r}; use one of {', '.join(_CONTAINERS)}")
+    if not isinstance(fps, (int, np.integer)) or fps < 1: raise PreprocessError(f"video: fps must be a positive integer, got {fps!r}")
+    if not isinstance(keyframe_interval, (int, np.integer)) or keyframe_interval < 1:
+        raise PreprocessError(f"video: keyframe_interval must be a positive integer, got {keyframe_interval!r}")
+    if audio is not None and fmt not in ("mp4", "mov"):    # there the last packet's duration marks the exact end
+        raise PreprocessError(f"audio: an audio track needs an .mp4, .m4v or .mov file (exact length), got {str(path)!r}")
+    wave = None if audio is None else _audio_track(audio, sample_rate)
+    encoder, options = _VIDEO_CODECS[codec]
+    def encode(tmp:Path):
+        with av.open(str(tmp), "w", format=fmt) as out:
+            vs = out.add_stream(encoder, rate=int(fps))
+            vs.width, vs.height, vs.pix_fmt, vs.options = W, H, "yuv420p", options(int(keyframe_interval))
+            if wave is not None:
+                aus = out.add_stream("aac", rate=int(sample_rate))
+                aus.layout, aus.bit_rate = ("mono" if len(wave) == 1 else "stereo"), 48000 * len(wave)
+            for f in frames:
+                out.mux(vs.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+            out.mux(vs.encode())
+            if wave is not None:
+                af = av.AudioFrame.from_ndarray(wave, format="fltp", layout=aus.layout.name)
+                af.sample_rate, af.pts = int(sample_rate), 0
+                out.mux(aus.encode(af)); out.mux(aus.encode())
+    return atomic_write(path, encode)
 
-def read_video_frames(path:str|Path)->tuple[np.ndarray, float]:
-    "All frames of a video file as (T, H, W, 3) uint8 and its frame rate."
-    av = require("av", "reading and writing video")
+# %% ../../nbs/01b_preprocess.ipynb #423f4a7a
+def _video_file(path)->Path:
     p = Path(path)
     if not p.is_file(): raise PreprocessError(f"video: no such file {str(p)!r}")
+    return p
+
+def _frame_indices(indices, n_total:int)->list[int]:
+    "`indices` (a sequence, a function of the frame count, or None for all) -> a checked list."
+    idx = list(range(n_total)) if indices is None else list(indices(n_total) if callable(indices) else indices)
+    if not idx: raise PreprocessError("video: no frame indices asked for (an empty list)")
+    bad = [i for i in idx if not isinstance(i, (int, np.integer)) or not 0 <= i < n_total]
+    if bad: raise PreprocessError(f"video: frame indices must be integers in 0..{n_total - 1}, got {bad[:5]}")
+    return [int(i) for i in idx]
+
+def _out_size(size)->tuple[int|None, int|None]:
+    "size (None, side, or (height, width)) -> (height, width) for the rescaler."
+    if size is None: return None, None
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    if min(h, w) < 1: raise PreprocessError(f"video: size must be positive, got {size!r}")
+    return int(h), int(w)
+
+# %% ../../nbs/01b_preprocess.ipynb #6ca9b139
+def _decode_selected(cc, # the video stream's codec context
+                     packets:list, # the stream's packets in decoding order, one frame each
+                     wanted:set[int], # presentation ranks (frame indices) to return
+                     size:tuple # (height, width) or (None, None)
+                    )->tuple[dict[int, np.ndarray], int]: # frame index -> (H, W, 3) uint8; packets decoded
+    "Decode only what the wanted frames need: from the keyframe at or before each one, skipping whole groups of pictures."
+    n, h, w = len(packets), *size
+    order = sorted(range(n), key=lambda j: packets[j].pts)           # frame index -> decoding position
+    rank = {packets[j].pts: r for r, j in enumerate(order)}          # presentation time stamp -> frame index
+    keys = [j for j in range(n) if packets[j].is_keyframe] or [0]
+    out, decoded, nxt = {}, 0, None                                  # nxt: next packet to feed, None after a jump
+    def take(frames):
+        for f in frames:
+            r = rank.get(f.pts)
+            if r in wanted and r not in out: out[r] = f.to_ndarray(format="rgb24", width=w, height=h)
+    for r in sorted(wanted):
+        if r in out: continue
+        d = order[r]
+        k = max((j for j in keys if j <= d and packets[j].pts <= packets[d].pts), default=0)   # its keyframe
+        if nxt is None or k > nxt:                  # a keyframe lies ahead: jump to it, skip the packets between
+            cc.flush_buffers(); nxt = k
+        while r not in out and nxt < n:
+            take(cc.decode(packets[nxt])); nxt += 1; decoded += 1
+        if r not in out:                            # frames still held by the decoder: drain it
+            take(cc.decode(None)); cc.flush_buffers(); nxt = None
+        if r not in out: raise PreprocessError(f"video: frame {r} could not be decoded")
+    return out, decoded
+
+def _read_frames(path, indices=None, size=None)->tuple[np.ndarray, float, int]:
+    "read_video_frames, plus how many packets were decoded."
+    av = require("av", "reading and writing video")
+    p, hw = _video_file(path), _out_size(size)
     try:
         with av.open(str(p)) as c:
             if not c.streams.video: raise PreprocessError(f"video: {str(p)!r} has no video stream")
             st = c.streams.video[0]
-            frames = [f.to_ndarray(format="rgb24") for f in c.decode(st)]
-            fps = float(st.average_rate or 0)
+            fps = float(st.average_rate or st.guessed_rate or 0)
+            packets = [k for k in c.demux(st) if k.size]              # reading packets is cheap; decoding is not
+            if not packets: raise PreprocessError(f"video: {str(p)!r} has no frames")
+            idx = _frame_indices(indices, len(packets))
+            if any(k.pts is None for k in packets):                   # no time stamps: decode in order
+                frames = [f.to_ndarray(format="rgb24", width=hw[1], height=hw[0]) for k in packets for f in st.codec_context.decode(k)]
+                got, decoded = dict(enumerate(frames)), len(packets)
+            else: got, decoded = _decode_selected(st.codec_context, packets, set(idx), hw)
     except PreprocessError: raise
     except Exception as e: raise PreprocessError(f"video: cannot decode {str(p)!r} ({type(e).__name__}: {e})") from None
-    if not frames: raise PreprocessError(f"video: {str(p)!r} has no frames")
-    return np.stack(frames), fps
+    return np.stack([got[i] for i in idx]), fps, decoded
 
-def sample_frame_indices(n_total:int, n_frames:int, mode:str="uniform", generator:torch.Generator|None=None)->list[int]:
-    "Indices of `n_frames` frames among `n_total`: segment middles ('uniform') or random within segments ('random')."
+def read_video_frames(path:str|Path, # a video file
+                      indices=None, # frame indices to return, in this order (repeats allowed), or a function
+                                    # of the frame count returning them; None: every frame
+                      size:int|tuple[int, int]|None=None # resize each frame to size x size or (height, width)
+                     )->tuple[np.ndarray, float]: # (N, H, W, 3) uint8 and the frame rate
+    "Frames of a video file, decoding only what the requested ones need, and its frame rate."
+    frames, fps, _ = _read_frames(path, indices, size)
+    return frames, fps
+
+# %% ../../nbs/01b_preprocess.ipynb #272aaf49
+def _planar(frame)->np.ndarray:
+    "An audio frame as float32 (channels, n) in [-1, 1], whatever its sample format."
+    a = frame.to_ndarray()
+    if not frame.format.is_planar: a = a.reshape(-1, len(frame.layout.channels)).T
+    if np.issubdtype(a.dtype, np.integer): a = a / float(np.iinfo(a.dtype).max + 1)
+    return a.astype(np.float32)
+
+def read_audio_track(path:str|Path # a video file with an audio track
+                    )->tuple[np.ndarray, int]: # (channels, n) float32 and the sampling rate
+    "The first audio track of a video file, trimmed to exactly the samples written (AAC pads to whole frames)."
+    av = require("av", "reading and writing video")
+    p = _video_file(path)
+    try:
+        with av.open(str(p)) as c:
+            if not c.streams.audio: raise PreprocessError(f"audio: {str(p)!r} has no audio track")
+            st = c.streams.audio[0]
+            sr, tb = int(st.codec_context.sample_rate), st.time_base
+            chunks, first, end = [], None, None
+            for pkt in c.demux(st):
+                if pkt.pts is not None and pkt.duration: end = max(end or pkt.pts, pkt.pts + pkt.duration)
+                for f in pkt.decode():
+                    if first is None: first = f.pts
+                    chunks.append(_planar(f))
+    except PreprocessError: raise
+    except Exception as e: raise PreprocessError(f"audio: cannot decode the track of {str(p)!r} ({type(e).__name__}: {e})") from None
+    if not chunks: raise PreprocessError(f"audio: the track of {str(p)!r} has no samples")
+    wave = np.concatenate(chunks, axis=1)
+    if end is not None and first is not None and tb is not None:
+        wave = wave[:, :max(0, round((end - first) * tb * sr))]           # drop the encoder's padding
+    return wave, sr
+
+@dataclass(frozen=True)
+class VideoInfo:
+    "What a video file holds, from its header."
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    seconds: float
+    sample_rate: int|None = None      # of the first audio track; None without one
+    audio_channels: int = 0
+
+def video_info(path:str|Path)->VideoInfo:
+    "Frame count, rate, size and duration of a video file, and its audio track's rate and channels (no decoding)."
+    av = require("av", "reading and writing video")
+    p = _video_file(path)
+    try:
+        with av.open(str(p)) as c:
+            if not c.streams.video: raise PreprocessError(f"video: {str(p)!r} has no video stream")
+            st = c.streams.video[0]
+            n = st.frames or sum(1 for k in c.demux(st) if k.size)
+            fps = float(st.average_rate or st.guessed_rate or 0)
+            a = c.streams.audio[0] if c.streams.audio else None
+            return VideoInfo(int(n), fps, st.codec_context.width, st.codec_context.height, n / fps if fps else 0.0,
+                             None if a is None else int(a.codec_context.sample_rate), 0 if a is None else len(a.layout.channels))
+    except PreprocessError: raise
+    except Exception as e: raise PreprocessError(f"video: cannot read {str(p)!r} ({type(e).__name__}: {e})") from None
+
+# %% ../../nbs/01b_preprocess.ipynb #c393725d
+def sample_frame_indices(n_total:int, # N, frames in the video
+                         n_frames:int, # n, frames to pick
+                         mode:str="uniform", # 'uniform', 'random' or 'dense'
+                         generator:torch.Generator|None=None, # for 'random'
+                         start:int|None=None, # 'dense': first frame of the window; None centres it
+                         stride:int=1 # 'dense': frames between picks
+                        )->list[int]:
+    "Indices of `n_frames` of `n_total` frames: segment middles, a random frame per segment, or a dense window."
     if n_total < 1: raise PreprocessError(f"video: no frames to sample from (n_total={n_total})")
     _positive("video: n_frames", n_frames, integer=True)
+    if mode == "dense":
+        _positive("video: stride", stride, integer=True)
+        span = (n_frames - 1) * stride + 1
+        if start is None: start = max(0, (n_total - span) // 2)
+        if not 0 <= start < n_total: raise PreprocessError(f"video: start must be in 0..{n_total - 1}, got {start}")
+        return [min(start + k * stride, n_total - 1) for k in range(n_frames)]   # past the end: repeat the last frame
     edges = torch.arange(n_frames + 1, dtype=torch.float64) * n_total / n_frames
     if mode == "uniform": pos = (edges[:-1] + edges[1:]) / 2
     elif mode == "random": pos = edges[:-1] + torch.rand(n_frames, generator=generator, dtype=torch.float64) * (edges[1:] - edges[:-1])
-    else: raise PreprocessError(f"video: unknown sampling mode {mode!r}; expected 'uniform' or 'random'")
+    else: raise PreprocessError(f"video: unknown sampling mode {mode!r}; expected 'uniform', 'random' or 'dense'")
     return pos.floor().clamp(max=n_total - 1).long().tolist()
 
 # %% ../../nbs/01b_preprocess.ipynb #7595a0ac
@@ -319,13 +497,16 @@ class VideoPreprocessor:
     def __post_init__(self): _positive("video: n_frames", self.n_frames, integer=True)
 
     def __call__(self, x, train:bool=False, generator:torch.Generator|None=None)->torch.Tensor:
-        if isinstance(x, (str, Path)): frames, _ = read_video_frames(x)
-        elif isinstance(x, (np.ndarray, torch.Tensor)): frames = np.asarray(x)
+        mode = "random" if train else "uniform"
+        pick = lambda n: sample_frame_indices(n, self.n_frames, mode, generator)
+        if isinstance(x, (str, Path)): frames, _ = read_video_frames(x, pick)      # decodes only the sampled frames
+        elif isinstance(x, (np.ndarray, torch.Tensor)):
+            frames = np.asarray(x)
+            if frames.ndim != 4: raise PreprocessError(f"video: expected frames (T, H, W, C), got shape {frames.shape}")
+            if len(frames) == 0: raise PreprocessError("video: empty input (0 frames)")
+            frames = frames[pick(len(frames))]
         else: raise PreprocessError(f"video: expected a path or frames (T, H, W, C), got {type(x).__name__}")
-        if frames.ndim != 4: raise PreprocessError(f"video: expected frames (T, H, W, C), got shape {frames.shape}")
-        if len(frames) == 0: raise PreprocessError("video: empty input (0 frames)")
-        idx = sample_frame_indices(len(frames), self.n_frames, "random" if train else "uniform", generator)
-        return torch.stack([self.vision(frames[i], train=train, generator=generator) for i in idx])
+        return torch.stack([self.vision(f, train=train, generator=generator) for f in frames])
 
 # %% ../../nbs/01b_preprocess.ipynb #c2aca614
 @dataclass
