@@ -1,0 +1,57 @@
+"""mmlab.av: SI-SDR and SDR against torchmetrics, bad input, the generators and the models' contracts."""
+import numpy as np
+import pytest
+import torch
+
+from mmlab.av import sdr, si_sdr
+
+tm = pytest.importorskip("torchmetrics.functional.audio", reason="torchmetrics (the `test` extra) is the SI-SDR reference")
+
+
+@pytest.mark.parametrize("zero_mean", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_si_sdr_matches_torchmetrics(zero_mean, dtype):
+    g = torch.Generator().manual_seed(3)
+    ref = (torch.randn(4, 3, 2000, generator=g) + 0.5).to(dtype)             # a mean that zero_mean must remove
+    est = ref + torch.randn(4, 3, 2000, generator=g).to(dtype) * torch.logspace(-2, 1, 3).to(dtype)[:, None]
+    ours = si_sdr(est, ref, zero_mean=zero_mean)
+    theirs = tm.scale_invariant_signal_distortion_ratio(est.double(), ref.double(), zero_mean=zero_mean)
+    assert ours.shape == (4, 3) and ours.dtype == dtype
+    assert (ours.double() - theirs).abs().max() < 1e-4
+    # torchmetrics in the signals' own dtype also agrees (its eps is the only difference)
+    assert (ours.double() - tm.scale_invariant_signal_distortion_ratio(est, ref, zero_mean=zero_mean).double()).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("zero_mean", [False, True])
+def test_sdr_matches_torchmetrics(zero_mean):
+    g = torch.Generator().manual_seed(4)
+    ref = torch.randn(3, 3000, generator=g, dtype=torch.float64) + 0.2
+    est = torch.roll(ref, 2, -1) * 0.7 + torch.randn(3, 3000, generator=g, dtype=torch.float64) * torch.tensor([[.01], [.3], [2.]])
+    for taps in (512, 64):
+        ours, theirs = sdr(est, ref, taps, zero_mean), tm.signal_distortion_ratio(est, ref, filter_length=taps, zero_mean=zero_mean)
+        assert (ours - theirs).abs().max() < 1e-4, (taps, ours, theirs)
+
+
+def test_silent_and_bad_input():
+    x = torch.randn(2, 100)
+    for fn in (si_sdr, sdr):
+        kw = {} if fn is si_sdr else {"filter_length": 8}
+        with pytest.raises(ValueError, match="silent in 1 of 2"): fn(x, torch.stack([x[0], torch.zeros(100)]), **kw)
+        with pytest.raises(ValueError, match="constant"): fn(x, torch.full((2, 100), 3.0), zero_mean=True, **kw)
+        with pytest.raises(ValueError, match="same shape"): fn(x, x[:, :50], **kw)
+        with pytest.raises(ValueError, match="NaN"): fn(x.clone().fill_(float("nan")), x, **kw)
+        with pytest.raises(ValueError, match="L >= 2"): fn(torch.tensor(1.0), torch.tensor(1.0), **kw)
+        with pytest.raises(TypeError, match="real"): fn(torch.randn(2, 100, dtype=torch.complex64), x, **kw)
+    assert torch.isfinite(si_sdr(x, x)).all() and (si_sdr(x, x) > 100).all()
+    assert (si_sdr(np.asarray(x), x) - si_sdr(x, x)).abs().max() == 0            # numpy input works
+    assert torch.isfinite(si_sdr(torch.zeros(2, 100), x)).all()                 # a silent estimate: finite (0/0 reads 0 dB, as in torchmetrics)
+
+
+def test_si_sdr_scale_invariant_and_sdr_filter_invariant():
+    g = torch.Generator().manual_seed(5)
+    ref, noise = torch.randn(2, 800, generator=g, dtype=torch.float64), torch.randn(2, 800, generator=g, dtype=torch.float64)
+    est = ref + 0.3 * noise
+    for a in (0.01, -2.0, 50.0):
+        assert torch.allclose(si_sdr(a * est, ref), si_sdr(est, ref), atol=1e-9)
+    filtered = torch.nn.functional.conv1d(ref[:, None], torch.tensor([[[0.2, -0.5, 1.0]]], dtype=torch.float64), padding=2)[:, 0, :800]
+    assert (sdr(filtered, ref, 8) > 25).all() and (si_sdr(filtered, ref) < 10).all()
