@@ -12,14 +12,27 @@
 # D embedding width, M mel bands, N patches, F frequency bins, K STFT frames, L samples (or filter taps), S shifts.
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .core import atomic_dir, settings
+from .data.preprocess import log_mel_spectrogram, read_audio_track, read_video_frames, write_video
+from .data.synth import COLORS
+from .losses import LogitScale
+from .video import VIDEO_SHAPES, moving_shape_track, render_frames, shape_sound
 
 # %% auto #0
-__all__ = ['si_sdr', 'sdr']
+__all__ = ['PITCHES', 'si_sdr', 'sdr', 'harmonic_tone', 'make_av_sync', 'make_av_locate', 'make_av_separate', 'read_av',
+           'sync_scores', 'estimate_offset', 'AVSyncCfg', 'SyncOutput', 'AVSync']
 
 # %% ../nbs/13_audio_visual.ipynb #f800ec77
 def _signals(estimate, reference, fn:str)->tuple[Tensor, Tensor]:
@@ -83,3 +96,250 @@ def sdr(estimate:Tensor, # (..., L) estimated source(s)
     h = torch.linalg.solve(r[..., (lag[:, None] - lag[None]).abs()], b)   # (..., L_h) the best filter
     c = (b * h).sum(-1)                                              # energy of the projection, in [0, 1]
     return _db(c, 1 - c, torch.as_tensor(estimate))
+
+# %% ../nbs/13_audio_visual.ipynb #345084f8
+_AV_SYNTH_VERSION = 1    # bump when the generated clips change, so old caches are not reused
+PITCHES = {c: 220 * 2 ** (k / 2) for k, c in enumerate(COLORS)}   # colour -> fundamental (Hz): 220 Hz ... 2.5 kHz
+
+def _check_clip_args(n:int, num_frames:int, size:int, fps:int, sample_rate:int, min_frames:int=4):
+    if not isinstance(n, (int, np.integer)) or n < 1: raise ValueError(f"n must be a positive integer, got {n!r}")
+    if not isinstance(num_frames, (int, np.integer)) or num_frames < min_frames:
+        raise ValueError(f"num_frames must be an integer >= {min_frames}, got {num_frames!r}")
+    if not isinstance(size, (int, np.integer)) or size < 16 or size % 2: raise ValueError(f"size must be an even integer >= 16, got {size!r}")
+    if not isinstance(fps, (int, np.integer)) or fps < 1: raise ValueError(f"fps must be a positive integer, got {fps!r}")
+    if not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1000 or sample_rate % fps:
+        raise ValueError(f"sample_rate must be an integer >= 1000 and a multiple of fps {fps}, got {sample_rate!r}")
+
+def _cached_clips(kind:str, params:dict, write_rows)->list[dict]:
+    "Rows of a generated set, written once per parameters into the cache (atomically); paths made absolute."
+    key = hashlib.sha256(json.dumps({**params, "v": _AV_SYNTH_VERSION}, sort_keys=True).encode()).hexdigest()[:16]
+    target = settings().cache_dir / "synth" / f"{kind}-{key}"
+    def write(d:Path):
+        (d / "clips").mkdir()
+        rows = write_rows(d)
+        (d / "rows.json").write_text(json.dumps(rows))
+    atomic_dir(target, write)
+    rows = json.loads((target / "rows.json").read_text())
+    for r in rows:
+        for k in [k for k in r if k in ("video", "sources")]: r[k] = str(target / r[k])
+    return rows
+
+def harmonic_tone(freq:float, # fundamental, Hz
+                  n:int, # samples
+                  sample_rate:int=16000,
+                  envelope:np.ndarray|None=None # (n,) loudness over time; None: constant
+                 )->np.ndarray: # (n,) float32
+    "A tone of three harmonics (1, 1/2, 1/4 loud) with 5 ms fades: the sound of a coloured object."
+    t = np.arange(n) / sample_rate
+    wave = sum(a * np.sin(2 * np.pi * k * freq * t) for k, a in ((1, .5), (2, .25), (3, .125)))
+    if envelope is not None: wave = wave * envelope
+    ramp = min(n // 2, int(0.005 * sample_rate))
+    if ramp: wave[:ramp] *= np.linspace(0, 1, ramp); wave[n - ramp:] *= np.linspace(1, 0, ramp)
+    return wave.astype(np.float32)
+
+# %% ../nbs/13_audio_visual.ipynb #fe4b9e64
+def make_av_sync(n:int, # number of clips
+                 offsets:Sequence[int]=(0,), # offsets (frames; > 0: the sound lags) drawn uniformly per clip
+                 num_frames:int=24, # T
+                 size:int=32, # S
+                 fps:int=16,
+                 sample_rate:int=16000,
+                 seed:int=0,
+                )->list[dict]:
+    """Clips of a bouncing shape whose sound is `offset` frames late. Rows: `video` (mp4 path), `offset`,
+    `clicks` (video frame of each bounce), `colour`, `shape`, `num_frames`, `fps`, `sample_rate`."""
+    _check_clip_args(n, num_frames, size, fps, sample_rate)
+    offsets = [int(o) for o in offsets]
+    if not offsets or max(abs(o) for o in offsets) >= num_frames:
+        raise ValueError(f"offsets must be a non-empty list of integers with |offset| < num_frames {num_frames}, got {offsets}")
+    M, spf = max(abs(o) for o in offsets), sample_rate // fps
+    def write(d:Path)->list[dict]:
+        rng, rows = np.random.default_rng(seed), []
+        for i in range(n):
+            colour, shape = list(COLORS)[rng.integers(len(COLORS))], VIDEO_SHAPES[rng.integers(len(VIDEO_SHAPES))]
+            track = moving_shape_track("bounce", num_frames + 2 * M, rng)          # M spare frames on each side
+            background = tuple(int(v) for v in rng.integers(0, 50) + rng.integers(0, 8, 3))
+            frames = render_frames([(shape, colour, track.states[M:M + num_frames])], size, background, rng)
+            sound = shape_sound(track.states, fps, sample_rate, [b / fps for b in track.bounces])
+            o = offsets[rng.integers(len(offsets))]
+            audio = sound[(M - o) * spf:(M - o + num_frames) * spf]                 # frame t hears the track at t - o
+            name = f"clips/{i:05d}.mp4"
+            write_video(d / name, frames, fps, audio=audio, sample_rate=sample_rate)
+            rows.append(dict(video=name, offset=o, clicks=[b - M for b in track.bounces if M <= b < M + num_frames],
+                             colour=colour, shape=shape, num_frames=num_frames, fps=fps, sample_rate=sample_rate))
+        return rows
+    return _cached_clips("av_sync", dict(n=n, offsets=offsets, num_frames=num_frames, size=size, fps=fps,
+                                         sample_rate=sample_rate, seed=seed), write)
+
+# %% ../nbs/13_audio_visual.ipynb #aedb0ed2
+def _box(states:np.ndarray, shape:str, colour:str, size:int)->list[int]:
+    "The pixel box [x0, y0, x1, y1) of one object drawn alone (the exact extent of what is drawn)."
+    alone = render_frames([(shape, colour, states[None])], size, (0, 0, 0), pixel_noise=0)[0].max(-1) > 40
+    ys, xs = np.nonzero(alone)
+    return [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
+
+def _two_objects(rng:np.random.Generator, T:int, drift:float=.08)->list[tuple[str, str, np.ndarray]]:
+    "Two shapes of different colours, one in the left half and one in the right, drifting slowly."
+    cols = rng.choice(len(COLORS), 2, replace=False)
+    objs = []
+    for k, c in enumerate(cols):
+        x0, y0 = rng.uniform(.22, .32) + .46 * k, rng.uniform(.25, .75)
+        v = rng.uniform(-drift, drift, 2)
+        tau = np.linspace(-.5, .5, T)
+        st = np.stack([x0 + v[0] * tau, y0 + v[1] * tau, np.full(T, rng.uniform(.13, .18)), np.full(T, rng.uniform(0, 6.3))], 1)
+        objs.append((VIDEO_SHAPES[rng.integers(len(VIDEO_SHAPES))], list(COLORS)[c], st.astype(np.float32)))
+    if rng.random() < .5: objs = objs[::-1]                   # either colour may be on the left
+    return objs
+
+# %% ../nbs/13_audio_visual.ipynb #535c0abe
+def make_av_locate(n:int, # number of clips
+                   num_frames:int=16, # T
+                   segment:int=4, # frames per segment; one object sounds in each
+                   size:int=32, fps:int=16, sample_rate:int=16000, seed:int=0,
+                  )->list[dict]:
+    """Clips of two shapes, one sounding per segment with its colour's pitch. Rows: `video`, `segment`,
+    `sounding` (object index per segment), `boxes` (sounding object's [x0, y0, x1, y1) per segment, pixels, middle
+    frame), `colours`, `shapes`."""
+    _check_clip_args(n, num_frames, size, fps, sample_rate)
+    if not isinstance(segment, (int, np.integer)) or segment < 1 or num_frames % segment:
+        raise ValueError(f"segment must be a positive divisor of num_frames {num_frames}, got {segment!r}")
+    spf = sample_rate // fps
+    def write(d:Path)->list[dict]:
+        rng, rows = np.random.default_rng(seed), []
+        for i in range(n):
+            objs = _two_objects(rng, num_frames)
+            background = tuple(int(v) for v in rng.integers(0, 50) + rng.integers(0, 8, 3))
+            frames = render_frames(objs, size, background, rng)
+            sounding = rng.integers(0, 2, num_frames // segment).tolist()
+            audio, boxes = [], []
+            for j, k in enumerate(sounding):
+                shape, colour, st = objs[k]
+                loud = rng.uniform(.5, 1.) * np.ones(segment * spf)
+                audio.append(harmonic_tone(PITCHES[colour], segment * spf, sample_rate, loud))
+                boxes.append(_box(st[j * segment + segment // 2], shape, colour, size))
+            name = f"clips/{i:05d}.mp4"
+            write_video(d / name, frames, fps, audio=np.concatenate(audio), sample_rate=sample_rate)
+            rows.append(dict(video=name, segment=segment, sounding=sounding, boxes=boxes, colours=[o[1] for o in objs],
+                             shapes=[o[0] for o in objs], num_frames=num_frames, fps=fps, sample_rate=sample_rate))
+        return rows
+    return _cached_clips("av_locate", dict(n=n, num_frames=num_frames, segment=segment, size=size, fps=fps,
+                                           sample_rate=sample_rate, seed=seed), write)
+
+# %% ../nbs/13_audio_visual.ipynb #3cef8983
+def make_av_separate(n:int, # number of clips
+                     num_frames:int=8, # T
+                     size:int=32, fps:int=16, sample_rate:int=16000, seed:int=0,
+                    )->list[dict]:
+    """Clips of two shapes sounding together (each its colour's pitch and its own loudness curve); the track is
+    their sum. Rows: `video`, `sources` (an .npy of the clean sources (2, L)), `boxes` (each object's box in the
+    middle frame), `colours`, `shapes`."""
+    _check_clip_args(n, num_frames, size, fps, sample_rate)
+    L = num_frames * (sample_rate // fps)
+    def write(d:Path)->list[dict]:
+        rng, rows = np.random.default_rng(seed), []
+        for i in range(n):
+            objs = _two_objects(rng, num_frames)
+            background = tuple(int(v) for v in rng.integers(0, 50) + rng.integers(0, 8, 3))
+            frames = render_frames(objs, size, background, rng)
+            t = np.linspace(0, 1, L)
+            srcs = np.stack([harmonic_tone(PITCHES[c], L, sample_rate,
+                                           rng.uniform(.3, .6) * (1 + .6 * np.sin(2 * np.pi * (rng.uniform(1, 4) * t + rng.uniform())))
+                                           ) for _, c, _ in objs])
+            name, src = f"clips/{i:05d}.mp4", f"clips/{i:05d}_sources.npy"
+            write_video(d / name, frames, fps, audio=np.clip(srcs.sum(0), -1, 1), sample_rate=sample_rate)
+            np.save(d / src, srcs)
+            rows.append(dict(video=name, sources=src, boxes=[_box(st[num_frames // 2], s, c, size) for s, c, st in objs],
+                             colours=[o[1] for o in objs], shapes=[o[0] for o in objs], num_frames=num_frames,
+                             fps=fps, sample_rate=sample_rate))
+        return rows
+    return _cached_clips("av_separate", dict(n=n, num_frames=num_frames, size=size, fps=fps,
+                                             sample_rate=sample_rate, seed=seed), write)
+
+# %% ../nbs/13_audio_visual.ipynb #8d1d43ad
+def read_av(row:dict, # a row of one of the generators
+            n_mels:int=32, # M
+            mels_per_frame:int=4 # log-mel frames per video frame (hop = sample_rate / fps / mels_per_frame)
+           )->tuple[Tensor, Tensor, Tensor]: # video (T, 3, S, S) in [0, 1], log-mel (M, T * mels_per_frame), wave (L,)
+    "Decode a generated clip: its frames, the log-mel spectrogram of its sound aligned with the frames, and the sound."
+    frames, _ = read_video_frames(row["video"])
+    wave, sr = read_audio_track(row["video"])
+    spf = sr // row["fps"]
+    if spf % mels_per_frame: raise ValueError(f"mels_per_frame {mels_per_frame} must divide the {spf} samples of a frame")
+    wave = torch.from_numpy(wave[0])
+    mel = log_mel_spectrogram(wave, sr, n_fft=512, hop_length=spf // mels_per_frame, n_mels=n_mels)
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
+    return video, (mel[:, :len(frames) * mels_per_frame] + 40) / 40, wave
+
+# %% ../nbs/13_audio_visual.ipynb #c32411b8
+def sync_scores(video_emb:Tensor, # (B, T, D) one unit vector per video frame
+                audio_emb:Tensor, # (B, T, D) one unit vector per video frame's worth of sound
+                shifts:Sequence[int], # S shifts delta (frames; > 0: the sound lags), each |delta| < T
+                logit_scale:Tensor|float=0.0 # s; scores are e^s times the mean cosine
+               )->Tensor: # (B, S)
+    "Agreement of picture and sound at each shift: the mean of v_t . a_{t+delta} over the frames where both exist."
+    if video_emb.ndim != 3 or video_emb.shape != audio_emb.shape:
+        raise ValueError(f"video_emb and audio_emb must both be (B, T, D); got {tuple(video_emb.shape)} and {tuple(audio_emb.shape)}")
+    T = video_emb.shape[1]
+    if len(shifts) == 0 or any(abs(int(d)) >= T for d in shifts):
+        raise ValueError(f"shifts must be a non-empty list with every |delta| < T = {T}, got {list(shifts)}")
+    sim = video_emb @ audio_emb.transpose(1, 2)                         # (B, T, T): v_t . a_u
+    cols = [sim.diagonal(int(d), dim1=1, dim2=2).mean(-1) for d in shifts]   # u = t + delta
+    return torch.as_tensor(logit_scale, dtype=sim.dtype).exp() * torch.stack(cols, -1)   # (B, S)
+
+def estimate_offset(video_emb:Tensor, # (B, T, D)
+                    audio_emb:Tensor, # (B, T, D)
+                    max_offset:int # delta_max: search every shift in -delta_max..delta_max
+                   )->Tensor: # (B,) long, the estimated lag of the sound in frames
+    "Slide the sound against the picture and return the shift that agrees best."
+    if not isinstance(max_offset, (int, np.integer)) or max_offset < 0:
+        raise ValueError(f"max_offset must be a non-negative integer, got {max_offset!r}")
+    shifts = list(range(-max_offset, max_offset + 1))
+    return torch.tensor(shifts)[sync_scores(video_emb, audio_emb, shifts).argmax(-1)]
+
+# %% ../nbs/13_audio_visual.ipynb #14c0015b
+@dataclass
+class AVSyncCfg:
+    "Sizes of the synchronisation network."
+    dim: int = 32              # D, embedding width
+    n_mels: int = 32           # M, mel bands of the sound input
+    mels_per_frame: int = 4    # log-mel frames per video frame
+    channels: int = 16         # width of the frame encoder's convolutions
+    shifts: tuple[int, ...] = (-6, -4, -2, 0, 2, 4, 6)   # training shifts: 0 is the positive, the rest negatives
+
+@dataclass
+class SyncOutput:
+    video_emb: Tensor          # (B, T, D) unit vectors
+    audio_emb: Tensor          # (B, T, D) unit vectors
+    logits: Tensor             # (B, S) scores of cfg.shifts
+    loss: Tensor|None = None   # InfoNCE against the shifted copies
+
+# %% ../nbs/13_audio_visual.ipynb #11c4e5f1
+class AVSync(nn.Module):
+    "Per-frame picture and sound embeddings that agree when in sync (trained on in-sync clips only)."
+    def __init__(self, cfg:AVSyncCfg=AVSyncCfg()):
+        super().__init__()
+        self.cfg, c, D = cfg, cfg.channels, cfg.dim
+        if 0 not in cfg.shifts: raise ValueError(f"cfg.shifts must contain 0 (the positive), got {cfg.shifts}")
+        self.frame = nn.Sequential(nn.Conv2d(6, c, 3, 2, 1), nn.ReLU(), nn.Conv2d(c, 2 * c, 3, 2, 1), nn.ReLU(),
+                                   nn.AdaptiveAvgPool2d(1), nn.Flatten())                 # (B*T, 2c) per frame
+        self.video_time = nn.Sequential(nn.Conv1d(2 * c, D, 3, padding=1), nn.ReLU(), nn.Conv1d(D, D, 3, padding=1))
+        k = cfg.mels_per_frame
+        self.audio = nn.Sequential(nn.Conv1d(cfg.n_mels, D, 3, padding=1), nn.ReLU(), nn.Conv1d(D, D, k, stride=k),
+                                   nn.ReLU(), nn.Conv1d(D, D, 3, padding=1))             # (B, D, T)
+        self.logit_scale = LogitScale(math.log(10))
+
+    def embed(self, video:Tensor, mel:Tensor)->tuple[Tensor, Tensor]:   # (B, T, 3, S, S), (B, M, T*k) -> 2 x (B, T, D)
+        B, T = video.shape[:2]
+        if mel.ndim != 3 or mel.shape[-1] != T * self.cfg.mels_per_frame:
+            raise ValueError(f"mel must be (B, M, T * {self.cfg.mels_per_frame}) = (B, M, {T * self.cfg.mels_per_frame}), got {tuple(mel.shape)}")
+        motion = torch.cat([video, video - torch.cat([video[:, :1], video[:, :-1]], 1)], 2)   # (B, T, 6, S, S)
+        v = self.frame(motion.flatten(0, 1)).view(B, T, -1).transpose(1, 2)                   # (B, 2c, T)
+        v = self.video_time(v).transpose(1, 2)                                                # (B, T, D)
+        a = self.audio(mel).transpose(1, 2)                                                   # (B, T, D)
+        return F.normalize(v, dim=-1), F.normalize(a, dim=-1)
+
+    def forward(self, video:Tensor, mel:Tensor)->SyncOutput:
+        v, a = self.embed(video, mel)
+        logits = sync_scores(v, a, self.cfg.shifts, self.logit_scale())
+        target = torch.full((len(v),), list(self.cfg.shifts).index(0), device=v.device)
+        return SyncOutput(v, a, logits, F.cross_entropy(logits, target))

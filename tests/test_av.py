@@ -1,4 +1,6 @@
 """mmlab.av: SI-SDR and SDR against torchmetrics, bad input, the generators and the models' contracts."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -55,3 +57,54 @@ def test_si_sdr_scale_invariant_and_sdr_filter_invariant():
         assert torch.allclose(si_sdr(a * est, ref), si_sdr(est, ref), atol=1e-9)
     filtered = torch.nn.functional.conv1d(ref[:, None], torch.tensor([[[0.2, -0.5, 1.0]]], dtype=torch.float64), padding=2)[:, 0, :800]
     assert (sdr(filtered, ref, 8) > 25).all() and (si_sdr(filtered, ref) < 10).all()
+
+
+# ---- generators and synchronisation ---------------------------------------------------------------------------
+from mmlab.av import AVSync, AVSyncCfg, estimate_offset, make_av_sync, read_av, sync_scores  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MMLAB_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+def test_sync_generator_shifts_the_sound(cache):
+    pytest.importorskip("av", reason="PyAV writes the clips")
+    (a,), (b,) = make_av_sync(1, offsets=(-3,), num_frames=12, seed=7), make_av_sync(1, offsets=(3,), num_frames=12, seed=7)
+    assert a["offset"] == -3 and b["offset"] == 3
+    va, _, wa = read_av(a)
+    vb, _, wb = read_av(b)
+    assert va.shape == (12, 3, 32, 32) and torch.equal(va, vb)                  # the same picture
+    spf = 1000
+    assert si_sdr(wb[6 * spf:], wa[:-6 * spf]) > 15                             # the same sound, 6 frames later
+    assert si_sdr(wb, wa) < 5                                                   # and not aligned as written
+    with pytest.raises(ValueError, match="offsets"): make_av_sync(1, offsets=(12,), num_frames=12)
+    with pytest.raises(ValueError, match="sample_rate"): make_av_sync(1, sample_rate=16001)
+
+
+def test_estimate_offset_finds_a_planted_shift():
+    g = torch.Generator().manual_seed(1)
+    for d in (-4, -1, 0, 2, 5):
+        v = torch.nn.functional.normalize(torch.randn(3, 16, 6, generator=g), dim=-1)
+        a = torch.nn.functional.normalize(torch.randn(3, 16, 6, generator=g), dim=-1)
+        lo, hi = max(0, -d), min(16, 16 - d)
+        a[:, lo + d:hi + d] = v[:, lo:hi]                                     # a_{t+d} = v_t
+        assert estimate_offset(v, a, 6).tolist() == [d] * 3
+    with pytest.raises(ValueError, match="max_offset"): estimate_offset(v, a, -1)
+    with pytest.raises(ValueError, match=r"\(B, T, D\)"): sync_scores(v, a[:, :5], [0])
+
+
+def test_avsync_loss_and_shapes():
+    torch.manual_seed(0)
+    m = AVSync(AVSyncCfg(dim=8, channels=4))
+    out = m(torch.rand(2, 10, 3, 32, 32), torch.randn(2, 32, 40))
+    assert out.video_emb.shape == out.audio_emb.shape == (2, 10, 8) and out.logits.shape == (2, 7)
+    assert torch.allclose(out.video_emb.norm(dim=-1), torch.ones(2, 10), atol=1e-5)
+    assert abs(out.loss.item() - math.log(7)) < 1.5                           # near chance at initialisation
+    out.loss.backward()
+    assert all(p.grad is not None for p in m.parameters())
+    with pytest.raises(ValueError, match="mel must be"): m(torch.rand(2, 10, 3, 32, 32), torch.randn(2, 32, 39))
+    with pytest.raises(ValueError, match="must contain 0"): AVSync(AVSyncCfg(shifts=(1, 2)))
