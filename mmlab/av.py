@@ -24,15 +24,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import scaled_dot_product_attention
 from .core import atomic_dir, settings
 from .data.preprocess import log_mel_spectrogram, read_audio_track, read_video_frames, write_video
 from .data.synth import COLORS
-from .losses import LogitScale
+from .losses import LogitScale, clip_loss
 from .video import VIDEO_SHAPES, moving_shape_track, render_frames, shape_sound
 
 # %% auto #0
 __all__ = ['PITCHES', 'si_sdr', 'sdr', 'harmonic_tone', 'make_av_sync', 'make_av_locate', 'make_av_separate', 'read_av',
-           'sync_scores', 'estimate_offset', 'AVSyncCfg', 'SyncOutput', 'AVSync']
+           'sync_scores', 'estimate_offset', 'AVSyncCfg', 'SyncOutput', 'AVSync', 'LocateCfg', 'LocateOutput',
+           'SoundLocator', 'heatmap_to_pixels', 'box_mask', 'localisation_scores', 'crop_boxes', 'SeparatorCfg',
+           'SeparationOutput', 'AVSeparator']
 
 # %% ../nbs/13_audio_visual.ipynb #f800ec77
 def _signals(estimate, reference, fn:str)->tuple[Tensor, Tensor]:
@@ -343,3 +346,128 @@ class AVSync(nn.Module):
         logits = sync_scores(v, a, self.cfg.shifts, self.logit_scale())
         target = torch.full((len(v),), list(self.cfg.shifts).index(0), device=v.device)
         return SyncOutput(v, a, logits, F.cross_entropy(logits, target))
+
+# %% ../nbs/13_audio_visual.ipynb #4db18a5a
+@dataclass
+class LocateCfg:
+    "Sizes of the sound-source locator."
+    dim: int = 32              # D
+    n_mels: int = 32           # M
+    patch: int = 4             # P, patch side in pixels
+    max_logit_scale: float = math.log(100)
+
+@dataclass
+class LocateOutput:
+    heatmap: Tensor            # (B, h, w) attention of the sound over the patch grid (sums to 1)
+    visual_emb: Tensor         # (B, D) attended picture z
+    audio_emb: Tensor          # (B, D) sound a
+    loss: Tensor|None = None   # InfoNCE between z and a over the batch
+
+class SoundLocator(nn.Module):
+    "Audio-to-patch attention: the sound is the query over a frame's patches (Senocak et al. 2018)."
+    def __init__(self, cfg:LocateCfg=LocateCfg()):
+        super().__init__()
+        self.cfg, D = cfg, cfg.dim
+        self.patches = nn.Sequential(nn.Conv2d(3, D, cfg.patch, cfg.patch), nn.ReLU(), nn.Conv2d(D, D, 1), nn.ReLU(),
+                                     nn.Conv2d(D, D, 1))                             # (B, D, S/P, S/P), one vector per patch
+        self.audio = nn.Sequential(nn.Conv1d(cfg.n_mels, D, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1),
+                                   nn.Flatten(), nn.Linear(D, D))                                   # (B, D)
+        self.attn_scale, self.logit_scale = LogitScale(math.log(10)), LogitScale()
+
+    def forward(self, frame:Tensor, mel:Tensor)->LocateOutput:   # (B, 3, S, S), (B, M, K)
+        if frame.ndim != 4 or mel.ndim != 3 or len(frame) != len(mel):
+            raise ValueError(f"frame must be (B, 3, S, S) and mel (B, M, K) with the same B; got {tuple(frame.shape)}, {tuple(mel.shape)}")
+        grid = self.patches(frame)                                      # (B, D, h, w)
+        B, D, h, w = grid.shape
+        u = grid.flatten(2).transpose(1, 2)                             # (B, N, D)
+        a = self.audio(mel)                                             # (B, D)
+        q, k = F.normalize(a, dim=-1)[:, None], F.normalize(u, dim=-1)  # (B, 1, D), (B, N, D)
+        z, alpha = scaled_dot_product_attention(q, k, u, scale=self.attn_scale().exp())   # (B, 1, D), (B, 1, N)
+        loss = clip_loss(z[:, 0], a, self.logit_scale()) if B > 1 else None
+        return LocateOutput(alpha.view(B, h, w), z[:, 0], a, loss)
+
+# %% ../nbs/13_audio_visual.ipynb #463c22e2
+def heatmap_to_pixels(heatmap:Tensor, # (B, h, w)
+                      size:int # S
+                     )->Tensor: # (B, S, S)
+    "Upsample a patch-grid heatmap to the frame's pixels (bilinear)."
+    return F.interpolate(heatmap[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+def box_mask(boxes:Tensor, size:int)->Tensor: # (B, 4) [x0, y0, x1, y1) pixels -> (B, S, S) bool
+    "Pixels inside each box."
+    r = torch.arange(size, device=boxes.device)
+    inx = (r[None] >= boxes[:, :1]) & (r[None] < boxes[:, 2:3])                 # (B, S)
+    iny = (r[None] >= boxes[:, 1:2]) & (r[None] < boxes[:, 3:4])
+    return iny[:, :, None] & inx[:, None, :]
+
+def localisation_scores(heatmap:Tensor, # (B, S, S) pixel heatmaps
+                        boxes:Tensor, # (B, 4) true boxes [x0, y0, x1, y1), pixels
+                        threshold:float=.3 # the predicted region: pixels >= threshold * the heatmap's maximum
+                       )->dict[str, Tensor]: # iou (B,), hit (B,) bool: the peak is inside the box
+    "IoU of the thresholded heatmap with the true box, and the pointing game."
+    if heatmap.ndim != 3 or boxes.shape != (len(heatmap), 4):
+        raise ValueError(f"heatmap must be (B, S, S) and boxes (B, 4); got {tuple(heatmap.shape)}, {tuple(boxes.shape)}")
+    if not 0 < threshold <= 1: raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+    B, S = heatmap.shape[:2]
+    gt = box_mask(boxes, S)
+    pred = heatmap >= threshold * heatmap.flatten(1).amax(1)[:, None, None]
+    iou = (pred & gt).flatten(1).sum(1) / (pred | gt).flatten(1).sum(1)
+    peak = heatmap.flatten(1).argmax(1)
+    return {"iou": iou.float(), "hit": gt.flatten(1)[torch.arange(B), peak]}
+
+# %% ../nbs/13_audio_visual.ipynb #55ef9c8f
+def crop_boxes(frames:Tensor, # (B, 3, S, S)
+               boxes:Tensor, # (B, 4) [x0, y0, x1, y1) pixels
+               out:int=16 # side of the resized crops
+              )->Tensor: # (B, 3, out, out)
+    "Each frame's box, cut out and resized: the picture of one object."
+    if frames.ndim != 4 or boxes.shape != (len(frames), 4):
+        raise ValueError(f"frames must be (B, 3, S, S) and boxes (B, 4); got {tuple(frames.shape)}, {tuple(boxes.shape)}")
+    crops = [F.interpolate(f[None, :, int(b[1]):int(b[3]), int(b[0]):int(b[2])], size=(out, out), mode="bilinear",
+                           align_corners=False) for f, b in zip(frames, boxes)]
+    return torch.cat(crops)
+
+@dataclass
+class SeparatorCfg:
+    "Sizes of the visually conditioned separator."
+    n_fft: int = 256           # STFT window; F = n_fft // 2 + 1 bins
+    hop_length: int = 64
+    hidden: int = 64           # width of the mask network
+    dim: int = 32              # D, width of the picture embedding
+
+@dataclass
+class SeparationOutput:
+    mask: Tensor               # (B, F, K) in [0, 1]
+    estimate: Tensor           # (B, L) the separated waveform
+    loss: Tensor|None = None   # squared error against the ratio mask of `target`
+
+# %% ../nbs/13_audio_visual.ipynb #ba357e58
+class AVSeparator(nn.Module):
+    "A mask on the mixture's spectrogram, conditioned (FiLM) on a picture of the object whose sound to keep."
+    def __init__(self, cfg:SeparatorCfg=SeparatorCfg()):
+        super().__init__()
+        self.cfg, H, D, nf = cfg, cfg.hidden, cfg.dim, cfg.n_fft // 2 + 1
+        self.picture = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.ReLU(), nn.Conv2d(16, D, 3, 2, 1), nn.ReLU(),
+                                     nn.AdaptiveAvgPool2d(1), nn.Flatten())              # (B, D)
+        self.film = nn.Linear(D, 2 * H)                                                  # scale and shift per channel
+        self.inp = nn.Conv1d(nf, H, 3, padding=1)
+        self.out = nn.Sequential(nn.ReLU(), nn.Conv1d(H, H, 3, padding=1), nn.ReLU(), nn.Conv1d(H, nf, 1))
+        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
+
+    def stft(self, wave:Tensor)->Tensor:   # (B, L) -> (B, F, K) complex
+        return torch.stft(wave, self.cfg.n_fft, self.cfg.hop_length, window=self.window, return_complex=True)
+
+    def forward(self, mixture:Tensor, cue:Tensor, target:Tensor|None=None)->SeparationOutput:
+        if mixture.ndim != 2 or cue.ndim != 4 or len(cue) != len(mixture) or (target is not None and target.shape != mixture.shape):
+            raise ValueError(f"mixture must be (B, L), cue (B, 3, h, w) and target (B, L); got {tuple(mixture.shape)}, "
+                             f"{tuple(cue.shape)}, {None if target is None else tuple(target.shape)}")
+        X = self.stft(mixture)                                                   # (B, F, K)
+        gamma, beta = self.film(self.picture(cue)).chunk(2, -1)                  # 2 x (B, H)
+        h = self.inp(torch.log1p(X.abs())) * (1 + gamma[..., None]) + beta[..., None]   # (B, H, K)
+        mask = torch.sigmoid(self.out(h))                                        # (B, F, K)
+        est = torch.istft(mask * X, self.cfg.n_fft, self.cfg.hop_length, window=self.window, length=mixture.shape[-1])
+        loss = None
+        if target is not None:
+            ideal = (self.stft(target).abs() / X.abs().clamp(min=1e-8)).clamp(max=1)
+            loss = F.mse_loss(mask, ideal)
+        return SeparationOutput(mask, est, loss)

@@ -108,3 +108,69 @@ def test_avsync_loss_and_shapes():
     assert all(p.grad is not None for p in m.parameters())
     with pytest.raises(ValueError, match="mel must be"): m(torch.rand(2, 10, 3, 32, 32), torch.randn(2, 32, 39))
     with pytest.raises(ValueError, match="must contain 0"): AVSync(AVSyncCfg(shifts=(1, 2)))
+
+
+# ---- localisation and separation -------------------------------------------------------------------------------
+from mmlab.av import (AVSeparator, LocateCfg, SoundLocator, box_mask, crop_boxes, localisation_scores,  # noqa: E402
+                      make_av_locate, make_av_separate)
+
+
+def test_locate_and_separate_generators_keep_the_truth(cache):
+    pytest.importorskip("av", reason="PyAV writes the clips")
+    (row,) = make_av_locate(1, num_frames=8, segment=4, seed=3)
+    video, mel, wave = read_av(row)
+    assert len(row["boxes"]) == len(row["sounding"]) == 2 and mel.shape == (32, 32)
+    for j, (k, box) in enumerate(zip(row["sounding"], row["boxes"])):
+        x0, y0, x1, y1 = box
+        assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
+        from mmlab.data.synth import COLORS
+        crop = video[j * 4 + 2][:, y0:y1, x0:x1]                                 # the sounding object's colour is inside
+        near = [((crop - torch.tensor(COLORS[c], dtype=torch.float32)[:, None, None] / 255).abs().amax(0) < .15).float().mean()
+                for c in row["colours"]]
+        assert near[k] > .15 and near[k] > near[1 - k], near
+    (srow,) = make_av_separate(1, seed=4)
+    _, _, mix = read_av(srow)
+    src = torch.from_numpy(np.load(srow["sources"]))
+    assert src.shape == (2, 8000) and si_sdr(mix, src.sum(0)) > 15              # the track is the sum of the sources
+    assert (si_sdr(src.sum(0).expand(2, -1), src) < 8).all()                    # neither source is the whole track
+    with pytest.raises(ValueError, match="segment"): make_av_locate(1, num_frames=8, segment=3)
+
+
+def test_localisation_scores_by_hand():
+    boxes = torch.tensor([[0, 0, 4, 4], [2, 2, 6, 6]])
+    heat = box_mask(torch.tensor([[0, 0, 4, 4], [0, 0, 2, 2]]), 8).float()
+    heat[0, 1, 1] = 2                                                          # the peak of the first map
+    s = localisation_scores(heat, boxes, threshold=.3)
+    assert s["iou"].tolist() == [1.0, 0.0] and s["hit"].tolist() == [True, False]
+    with pytest.raises(ValueError, match="threshold"): localisation_scores(heat, boxes, threshold=0)
+    with pytest.raises(ValueError, match=r"boxes \(B, 4\)"): localisation_scores(heat, boxes[:1])
+
+
+def test_locator_attention_is_a_distribution_and_follows_the_query():
+    torch.manual_seed(0)
+    m = SoundLocator(LocateCfg(dim=8))
+    out = m(torch.rand(4, 3, 32, 32), torch.randn(4, 32, 16))
+    assert out.heatmap.shape == (4, 8, 8) and torch.allclose(out.heatmap.sum((1, 2)), torch.ones(4))
+    # the attended vector is the heatmap-weighted mean of the patch features
+    u = m.patches(torch.rand(1, 3, 32, 32))
+    out.loss.backward()
+    assert m.patches[0].weight.grad is not None and m.audio[0].weight.grad is not None
+    with pytest.raises(ValueError, match="same B"): m(torch.rand(2, 3, 32, 32), torch.randn(3, 32, 16))
+    assert u.shape == (1, 8, 8, 8)
+
+
+def test_separator_identity_mask_and_conditioning():
+    torch.manual_seed(0)
+    m = AVSeparator()
+    for p in m.out[-1].parameters(): torch.nn.init.constant_(p, 30.0)        # mask of ones
+    x = torch.randn(2, 4000)
+    assert (si_sdr(m(x, torch.rand(2, 3, 16, 16)).estimate, x) > 60).all()
+    m2 = AVSeparator()
+    a, b = m2(x[:1], torch.zeros(1, 3, 16, 16)).mask, m2(x[:1], torch.ones(1, 3, 16, 16)).mask
+    assert not torch.allclose(a, b)                                            # the picture changes the mask
+    out = m2(x, torch.rand(2, 3, 16, 16), x)
+    out.loss.backward()
+    assert m2.picture[0].weight.grad is not None and m2.film.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mixture must be"): m2(x, torch.rand(3, 3, 16, 16))
+    crops = crop_boxes(torch.arange(2 * 3 * 32 * 32.).view(2, 3, 32, 32), torch.tensor([[0, 0, 32, 32], [4, 4, 8, 8]]), out=4)
+    assert crops.shape == (2, 3, 4, 4)
