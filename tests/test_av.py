@@ -174,3 +174,27 @@ def test_separator_identity_mask_and_conditioning():
     with pytest.raises(ValueError, match="mixture must be"): m2(x, torch.rand(3, 3, 16, 16))
     crops = crop_boxes(torch.arange(2 * 3 * 32 * 32.).view(2, 3, 32, 32), torch.tensor([[0, 0, 32, 32], [4, 4, 8, 8]]), out=4)
     assert crops.shape == (2, 3, 4, 4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_bf16_matches_fp32_on_cuda():
+    from mmlab.core import get_device
+    dev = get_device()
+    torch.manual_seed(0)
+    models = [(AVSync(), (torch.rand(2, 12, 3, 32, 32), torch.randn(2, 32, 48))),
+              (SoundLocator(), (torch.rand(4, 3, 32, 32), torch.randn(4, 32, 16)))]
+    for m, args in models:
+        m = m.to(dev)
+        args = [a.to(dev) for a in args]
+        ref = m(*args).loss
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            low = m(*args).loss
+        low.backward()
+        assert abs(low.item() - ref.item()) < 0.05 * max(1.0, abs(ref.item())), (type(m).__name__, low.item(), ref.item())
+    sep = AVSeparator().to(dev)                                  # STFT stays in fp32; the mask network runs in bf16
+    x = torch.randn(2, 8000, device=dev)
+    cue = torch.rand(2, 3, 16, 16, device=dev)
+    ref = sep(x, cue, x).mask
+    with torch.autocast(dev.type, dtype=torch.bfloat16):
+        low = sep(x, cue, x).mask
+    assert (low.float() - ref).abs().max() < 0.05
