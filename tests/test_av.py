@@ -198,3 +198,22 @@ def test_bf16_matches_fp32_on_cuda():
     with torch.autocast(dev.type, dtype=torch.bfloat16):
         low = sep(x, cue, x).mask
     assert (low.float() - ref).abs().max() < 0.05
+
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+
+@hsettings(max_examples=40, deadline=None)
+@given(n=st.integers(8, 300), seed=st.integers(0, 2 ** 31 - 1), scale=st.floats(1e-3, 1e3), noise=st.floats(0, 10),
+       offset=st.floats(-5, 5), zero_mean=st.booleans())
+def test_si_sdr_properties_and_parity(n, seed, scale, noise, offset, zero_mean):
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.randn(n, generator=g, dtype=torch.float64) + offset
+    est = ref + noise * torch.randn(n, generator=g, dtype=torch.float64)
+    if zero_mean and torch.allclose(ref, ref.mean().expand(n)): return
+    ours = si_sdr(est, ref, zero_mean=zero_mean)
+    assert torch.isfinite(ours) and -300 <= ours <= 300
+    if noise < 1e-3: return                                                     # near-perfect: rounding decides
+    assert abs(si_sdr(scale * est, ref, zero_mean=zero_mean) - ours) < 1e-6 * max(1, abs(ours))   # scale-invariant
+    theirs = tm.scale_invariant_signal_distortion_ratio(est, ref, zero_mean=zero_mean)
+    assert abs(ours - theirs) < 1e-4, (ours, theirs)
