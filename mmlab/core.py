@@ -581,6 +581,8 @@ OPTIONAL_PARTS = {   # import name -> (the extra that installs it, what the cour
     "faiss": ("search", "vector search"), "openai": ("apis", "OpenAI API"), "anthropic": ("apis", "Anthropic API"),
     "google.genai": ("apis", "Gemini API"), "nbformat": ("dev", "reading notebooks (grading)"),
     "nbclient": ("dev", "running notebooks (grading)"), "nbdev": ("dev", "notebook export"), "nbval": ("dev", "notebook tests"),
+    "fastapi": ("serve", "the inference service"), "uvicorn": ("serve", "the HTTP server"),
+    "onnxruntime": ("serve", "ONNX inference"), "onnxscript": ("serve", "ONNX export"),
 }
 
 class MissingExtraError(ImportError):
