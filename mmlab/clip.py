@@ -145,7 +145,7 @@ class TextTower(nn.Module):
             raise ValueError(f"text: expected (B, L) integer token ids, got {input_ids.dtype} {tuple(input_ids.shape)}")
         B, L = input_ids.shape
         if L == 0: raise ValueError(f"text: empty sequences (input_ids of shape {tuple(input_ids.shape)})")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.c.vocab_size):
+        if not torch.compiler.is_exporting() and input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.c.vocab_size):
             raise ValueError(f"text: token ids must be in [0, {self.c.vocab_size}), got {int(input_ids.min())}..{int(input_ids.max())}")
         if L > self.c.context_length:
             raise ValueError(f"text: {L} tokens do not fit the context length {self.c.context_length}")
