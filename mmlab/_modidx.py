@@ -760,6 +760,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              'mmlab.serve.ClipService.tokens': ('production.html#clipservice.tokens', 'mmlab/serve.py'),
                              'mmlab.serve.DynamicBatcher': ('production.html#dynamicbatcher', 'mmlab/serve.py'),
                              'mmlab.serve.DynamicBatcher.__init__': ('production.html#dynamicbatcher.__init__', 'mmlab/serve.py'),
+                             'mmlab.serve.DynamicBatcher.close': ('production.html#dynamicbatcher.close', 'mmlab/serve.py'),
                              'mmlab.serve.DynamicBatcher.submit': ('production.html#dynamicbatcher.submit', 'mmlab/serve.py'),
                              'mmlab.serve.ErrorBody': ('production.html#errorbody', 'mmlab/serve.py'),
                              'mmlab.serve.Hit': ('production.html#hit', 'mmlab/serve.py'),

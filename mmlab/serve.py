@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import io
 import json
@@ -145,6 +146,14 @@ class DynamicBatcher:
         fut = loop.create_future()
         self._queue.put_nowait((item, fut))
         return await fut
+
+    async def close(self):
+        "Stop the worker task (callers still waiting get CancelledError); the next submit starts a new one."
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try: await self._task
+            except asyncio.CancelledError: pass
+        self._task = None
 
 # %% ../nbs/16_production.ipynb #0e7e5f68
 async def _batcher_worker(self:DynamicBatcher):
@@ -493,7 +502,12 @@ def _auth(request:Request):
 # %% ../nbs/16_production.ipynb #d995e0a9
 def create_app(service:Service)->FastAPI:
     "The FastAPI app: model routes, probes, metrics, and 4xx answers naming the field for every bad input."
-    app = FastAPI(title="mmlab inference service", version="1", description="The course's fusion classifier and CLIP over HTTP.")
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        for b in service.batchers.values(): await b.close()       # no worker task outlives the server
+    app = FastAPI(title="mmlab inference service", version="1", description="The course's fusion classifier and CLIP over HTTP.",
+                  lifespan=lifespan)
     app.state.service = service
 
     @app.middleware("http")

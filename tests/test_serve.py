@@ -177,7 +177,11 @@ def test_dynamic_batcher_sends_a_batch_error_to_every_caller_and_keeps_serving()
     async def run():
         b = DynamicBatcher(fn, max_batch_size=4, max_wait_ms=20)
         res = await asyncio.gather(b.submit(1), b.submit(-1), return_exceptions=True)
-        return res, await b.submit(7)
+        after = await b.submit(7)
+        await b.close(); assert b._task is None
+        assert await b.submit(8) == 8                                               # a closed batcher restarts on demand
+        await b.close()
+        return res, after
     res, after = asyncio.run(run())
     assert all(isinstance(r, ValueError) for r in res) and after == 7
     with pytest.raises(ValueError, match="max_batch_size"): DynamicBatcher(fn, max_batch_size=0)
