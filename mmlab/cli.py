@@ -27,6 +27,7 @@ COMMANDS = {   # name -> (module, function taking argv and returning an exit cod
     "train": ("mmlab.cli", "train_main", "train a fusion model on a course dataset"),
     "evaluate": ("mmlab.cli", "evaluate_main", "evaluate a checkpoint written by `mmlab train`"),
     "grade": ("mmlab.grade", "grade_main", "grade exercise submissions"),
+    "serve": ("mmlab.serve", "serve_main", "serve the classifier and CLIP over HTTP (FastAPI + uvicorn)"),
 }
 
 def main(argv:list[str]|None=None # arguments after `mmlab`; sys.argv[1:] if None

@@ -134,7 +134,7 @@ class TextTower(nn.Module):
         "Where to pool: the first eos (Hugging Face's rule), or the largest id when eos is 2 (the legacy rule)."
         if self.c.eos_token_id == 2: return input_ids.argmax(dim=-1)
         is_eos = input_ids == self.c.eos_token_id
-        if not is_eos.any(dim=-1).all():
+        if not torch.compiler.is_exporting() and not is_eos.any(dim=-1).all():   # (data-dependent: not traced by ONNX export)
             raise ValueError(f"text: every sequence needs an end-of-text token (id {self.c.eos_token_id}); "
                              f"rows without one: {(~is_eos.any(dim=-1)).nonzero().flatten().tolist()}")
         return is_eos.int().argmax(dim=-1)
@@ -146,7 +146,7 @@ class TextTower(nn.Module):
             raise ValueError(f"text: expected (B, L) integer token ids, got {input_ids.dtype} {tuple(input_ids.shape)}")
         B, L = input_ids.shape
         if L == 0: raise ValueError(f"text: empty sequences (input_ids of shape {tuple(input_ids.shape)})")
-        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.c.vocab_size):
+        if not torch.compiler.is_exporting() and input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.c.vocab_size):
             raise ValueError(f"text: token ids must be in [0, {self.c.vocab_size}), got {int(input_ids.min())}..{int(input_ids.max())}")
         if L > self.c.context_length:
             raise ValueError(f"text: {L} tokens do not fit the context length {self.c.context_length}")

@@ -634,6 +634,8 @@ OPTIONAL_PARTS = {   # import name -> (the extra that installs it, what the cour
     "google.genai": ("apis", "Gemini API"), "diffusers": ("generation", "text-to-image pipelines"),
     "nbformat": ("dev", "reading notebooks (grading)"),
     "nbclient": ("dev", "running notebooks (grading)"), "nbdev": ("dev", "notebook export"), "nbval": ("dev", "notebook tests"),
+    "fastapi": ("serve", "the inference service"), "uvicorn": ("serve", "the HTTP server"),
+    "onnxruntime": ("serve", "ONNX inference"), "onnxscript": ("serve", "ONNX export"),
 }
 
 class MissingExtraError(ImportError):

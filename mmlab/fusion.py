@@ -498,7 +498,7 @@ class TextEncoder(Encoder):
     def forward(self, ids:Tensor, pad_mask:Tensor|None=None)->Tensor:
         if ids.dim() != 2 or ids.is_floating_point():
             raise ValueError(f"text: expected (B, L) integer token ids, got {ids.dtype} {tuple(ids.shape)}")
-        if ids.numel() and (int(ids.max()) >= self.emb.num_embeddings or int(ids.min()) < 0):
+        if not torch.compiler.is_exporting() and ids.numel() and (int(ids.max()) >= self.emb.num_embeddings or int(ids.min()) < 0):
             raise ValueError(f"text: token ids must be in [0, {self.emb.num_embeddings}), got {int(ids.min())}..{int(ids.max())}")
         keep = pad_mask if pad_mask is not None else ids != 0
         return self.out(_masked_mean(self.emb(ids), keep))

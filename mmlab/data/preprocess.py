@@ -132,7 +132,7 @@ def log_mel_spectrogram(wave:torch.Tensor, # (..., T) waveform(s)
     hi = sr / 2 if fmax is None else _positive("log-mel: fmax", fmax)
     if not fmin < hi <= sr / 2: raise PreprocessError(f"log-mel: need fmin < fmax <= sr / 2 = {sr / 2}, got fmin {fmin}, fmax {hi}")
     if wave.ndim == 0 or wave.shape[-1] == 0: raise PreprocessError(f"audio: empty waveform of shape {tuple(wave.shape)}")
-    if not torch.isfinite(wave).all(): raise PreprocessError(f"audio: {int((~torch.isfinite(wave)).sum())} NaN/inf sample(s)")
+    if not torch.compiler.is_exporting() and not torch.isfinite(wave).all(): raise PreprocessError(f"audio: {int((~torch.isfinite(wave)).sum())} NaN/inf sample(s)")
     shape = wave.shape
     x = wave.reshape(-1, shape[-1])                                            # (B, T)
     window = torch.hann_window(n_fft, periodic=True, dtype=x.dtype, device=x.device)
