@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
@@ -156,7 +157,8 @@ class DynamicBatcher:
         self._task = None
 
 # %% ../nbs/16_production.ipynb #0e7e5f68
-async def _batcher_worker(self:DynamicBatcher):
+@patch
+async def _worker(self:DynamicBatcher):
     loop = asyncio.get_running_loop()
     while True:
         batch = [await self._queue.get()]                       # wait for the first request
@@ -179,8 +181,6 @@ async def _batcher_worker(self:DynamicBatcher):
         else:
             for (_, f), r in zip(batch, results):
                 if not f.done(): f.set_result(r)
-
-DynamicBatcher._worker = _batcher_worker
 
 # %% ../nbs/16_production.ipynb #3b83f59a
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)   # seconds
@@ -219,7 +219,8 @@ def _histogram(name:str, label:str, store:dict, buckets:Sequence[float])->list[s
                 f'{name}_count{{{label}="{key}"}} {h[-1]}']
     return out
 
-def _render_metrics(self:Metrics)->str:
+@patch
+def render(self:Metrics)->str:
     "The Prometheus text exposition format (version 0.0.4)."
     with self._lock:
         lines = ["# HELP mmlab_requests_total HTTP requests by method, route and status.", "# TYPE mmlab_requests_total counter"]
@@ -229,8 +230,6 @@ def _render_metrics(self:Metrics)->str:
         lines += ["# HELP mmlab_batch_size Requests per forward pass, by model."]
         lines += _histogram("mmlab_batch_size", "model", self.batches, BATCH_BUCKETS)
     return "\n".join(lines) + "\n"
-
-Metrics.render = _render_metrics
 
 # %% ../nbs/16_production.ipynb #27a13b17
 class ClassifierGraph(nn.Module):
@@ -311,7 +310,8 @@ class MultimodalPredictor:
             self.runner = OnnxModule(onnx_path)
 
 # %% ../nbs/16_production.ipynb #e58f74af
-def _predictor_tensors(self:MultimodalPredictor, rows:list[dict] # each {modality: array}, missing modalities absent
+@patch
+def tensors(self:MultimodalPredictor, rows:list[dict] # each {modality: array}, missing modalities absent
                       )->tuple[dict, dict, Tensor]:
     "Stack request rows into the graph's inputs: placeholders (zeros) and presence False where a modality is missing."
     H, W = self.image_size
@@ -329,15 +329,15 @@ def _predictor_tensors(self:MultimodalPredictor, rows:list[dict] # each {modalit
         inputs["text"], pad["text"] = _pad_rows([torch.as_tensor(r["text"], dtype=torch.long) if "text" in r else torch.zeros(1, dtype=torch.long) for r in rows])
     return inputs, pad, mask
 
+@patch
 @torch.no_grad()
-def _predictor_logits(self:MultimodalPredictor, rows:list[dict])->Tensor:   # -> (B, C)
+def logits(self:MultimodalPredictor, rows:list[dict])->Tensor:   # -> (B, C)
     "Logits of request rows with the chosen backend."
     return self.runner(*self.tensors(rows)).float()
 
-MultimodalPredictor.tensors, MultimodalPredictor.logits = _predictor_tensors, _predictor_logits
-
 # %% ../nbs/16_production.ipynb #d23a6791
-def _predictor_predict(self:MultimodalPredictor, requests:list[dict] # each {modality: array}, 1 to M modalities
+@patch
+def predict(self:MultimodalPredictor, requests:list[dict] # each {modality: array}, 1 to M modalities
                       )->list[dict]: # per request: label, probabilities, contributions
     "Class probabilities of each request, and each present modality's contribution (leave-one-out, one forward pass)."
     rows, owners = [], []
@@ -355,10 +355,9 @@ def _predictor_predict(self:MultimodalPredictor, requests:list[dict] # each {mod
             out[i]["contributions"][m] = float(probs[owners.index((i, None))][out[i]["label"]] - probs[j][out[i]["label"]])
     return out
 
-MultimodalPredictor.predict = _predictor_predict
-
 # %% ../nbs/16_production.ipynb #f345e2d8
-def _predictor_example(self:MultimodalPredictor, B:int=3)->tuple:
+@patch
+def example(self:MultimodalPredictor, B:int=3)->tuple:
     "Example graph inputs for export: B rows of random data, lengths that differ from any fixed size."
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -370,15 +369,14 @@ def _predictor_example(self:MultimodalPredictor, B:int=3)->tuple:
         rows.append(r)
     return self.tensors(rows)
 
-def _predictor_export(self:MultimodalPredictor, path:str|Path)->Path:
+@patch
+def export(self:MultimodalPredictor, path:str|Path)->Path:
     "Export the classifier graph to ONNX (batch, audio length and text length dynamic)."
     inputs, pad, mask = self.example(B=len(self.modalities) + 2)   # B must differ from M, or the exporter ties the two axes
     names = [f"input_{m}" for m in inputs] + [f"pad_{m}" for m in pad] + ["mask"]
     dyn = {f"input_{m}": {0: "batch", **({1: f"{m}_len"} if m != "vision" else {})} for m in inputs}
     dyn.update({f"pad_{m}": {0: "batch", 1: f"{m}_len"} for m in pad}); dyn["mask"] = {0: "batch"}
     return export_onnx(self.graph, (inputs, pad, mask), path, names, dyn, "logits")
-
-MultimodalPredictor.example, MultimodalPredictor.export = _predictor_example, _predictor_export
 
 # %% ../nbs/16_production.ipynb #08452190
 class ClipService:
@@ -401,20 +399,23 @@ class ClipService:
         return self.encoder.processor.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt")
 
 # %% ../nbs/16_production.ipynb #89ffefb7
+@patch
 @torch.no_grad()
-def _clip_encode_image(self:ClipService, images:Sequence)->Tensor:   # PIL images -> (n, E) unit rows
+def encode_image(self:ClipService, images:Sequence)->Tensor:   # PIL images -> (n, E) unit rows
     "Unit-norm image embeddings with the chosen backend."
     if self.towers is None: return self.encoder.encode_image(images)
     return F.normalize(self.towers["image"](self.pixels(list(images))), dim=-1)
 
+@patch
 @torch.no_grad()
-def _clip_encode_text(self:ClipService, texts:Sequence[str])->Tensor:   # strings -> (n, E) unit rows
+def encode_text(self:ClipService, texts:Sequence[str])->Tensor:   # strings -> (n, E) unit rows
     "Unit-norm text embeddings with the chosen backend."
     if self.towers is None: return self.encoder.encode_text(texts)
     tok = self.tokens(texts)
     return F.normalize(self.towers["text"](tok["input_ids"], tok["attention_mask"]), dim=-1)
 
-def _clip_export(self:ClipService, out_dir:str|Path)->Path:
+@patch
+def export(self:ClipService, out_dir:str|Path)->Path:  # noqa: F811 (a method of another class)
     "Export the image and text towers (with their projections) to out_dir/image.onnx and out_dir/text.onnx."
     m = self.encoder.model.cpu().eval()
     class Img(nn.Module):
@@ -433,17 +434,14 @@ def _clip_export(self:ClipService, out_dir:str|Path)->Path:
     self.encoder.model.to(self.encoder.device)
     return d
 
-ClipService.encode_image, ClipService.encode_text, ClipService.export = _clip_encode_image, _clip_encode_text, _clip_export
-
 # %% ../nbs/16_production.ipynb #1abef733
-def _clip_check_texts(self:ClipService, texts:list[str], field:str):
+@patch
+def check_texts(self:ClipService, texts:list[str], field:str):
     "Refuse blank texts and texts longer than the text tower's context (instead of silently truncating them)."
     for t in texts:
         if not t.strip(): raise InputError(422, field, "empty text")
         n = len(self.encoder.processor.tokenizer(t)["input_ids"])
         if n > self.max_tokens: raise InputError(422, field, f"{t[:30]!r}... is {n} tokens; the text tower takes at most {self.max_tokens}")
-
-ClipService.check_texts = _clip_check_texts
 
 # %% ../nbs/16_production.ipynb #393ff8a2
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
