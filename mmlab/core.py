@@ -9,6 +9,7 @@ import argparse
 import configparser
 import importlib
 import importlib.util
+import math
 import os
 import platform
 import random
@@ -70,8 +71,8 @@ def _parse_int(v, base):
 
 def _parse_seconds(v, base):
     try: x = float(v)
-    except ValueError: raise ValueError("a positive number of seconds") from None
-    if not x > 0: raise ValueError("a positive number of seconds")
+    except ValueError: raise ValueError("a finite, positive number of seconds") from None
+    if not (math.isfinite(x) and x > 0): raise ValueError("a finite, positive number of seconds")
     return x
 
 _PARSERS = {"data_dir": _parse_path, "cache_dir": _parse_path,
