@@ -1,16 +1,20 @@
-"""The toy exercise's course folder and submissions, shared by the grader's test files."""
+"""Courses for the grader's tests: the toy exercise (fast, pure Python) and submissions built from the real
+exercise 03 (they follow the exercise when it changes)."""
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from mmlab.grade import generate_exercises, load_exercises, toy_exercise
+from mmlab.grade import BEGIN_SOLUTION, END_SOLUTION, _nbgrader, cell_role, generate_exercises, load_exercises, toy_exercise
 
 CELL_TIMEOUT = 4     # seconds: the toy tests take milliseconds, an infinite loop hits this
 DOUBLE, MEAN = 2, 5  # indices of the two answer cells in the toy exercise
 
 RIGHT_MEAN = 'def mean(xs):\n    if not xs: raise ValueError("empty")\n    return sum(xs) / len(xs)'
 RIGHT_DOUBLE = "def double(x):\n    return x + x"
+
+ROOT = Path(__file__).resolve().parent.parent
+EX03 = "03_attention_masks"
 
 
 @pytest.fixture(scope="module")
@@ -34,3 +38,28 @@ def submission(root, name, answers:dict[int, str], edit=None)->Path:
 
 
 def scores(result): return [q.score for q in result.questions]
+
+
+def reference_answers(exercise:str)->dict[str, str]:
+    "The reference answer cells of a solution notebook, by grade_id, without the solution markers."
+    nb = nbformat.read(ROOT / "solutions" / f"{exercise}.ipynb", as_version=4)
+    return {_nbgrader(c)["grade_id"]: "\n".join(l for l in c.source.splitlines()
+                                                 if l.strip() not in (BEGIN_SOLUTION, END_SOLUTION))
+            for c in nb.cells if cell_role(c) == "answer"}
+
+
+def exercise_submission(folder:Path, name:str, answers:dict[str, str], exercise:str=EX03, edit=None)->Path:
+    "The committed student notebook of `exercise` with answer cells (by grade_id) replaced."
+    nb = nbformat.read(ROOT / "exercises" / f"{exercise}.ipynb", as_version=4)
+    for c in nb.cells:
+        if cell_role(c) == "answer" and _nbgrader(c)["grade_id"] in answers:
+            c.source = answers[_nbgrader(c)["grade_id"]]
+    if edit: edit(nb)
+    p = folder / f"{name}_{exercise}.ipynb"
+    nbformat.write(nb, p)
+    return p
+
+
+def fingerprint(*dirs)->dict[str, bytes]:
+    "Every file under `dirs` (bytecode included) and its content."
+    return {str(p): p.read_bytes() for d in dirs for p in sorted(Path(d).rglob("*")) if p.is_file()}
