@@ -1180,6 +1180,7 @@ class GradeResult:
     review_reasons: list[str] = field(default_factory=list)
     error: str = ""                                   # why it could not be graded ('' when it was)
     isolation: str = ""                               # how the submission was isolated (or that it was not)
+    memory_mb: float|None = None                      # the peak memory of its sandbox, where a cgroup measured it
 
     def to_json(self)->dict: return asdict(self)
 
@@ -1359,9 +1360,9 @@ def _warm_caches(exercises:list[Exercise], iso:Isolation, log)->None:
                     f"({bad[0].status}: {bad[0].message[:200]}); its submissions may fail the same way")
         else: atomic_write(mark, "ok\n")
 
-# %% ../nbs/90_grading.ipynb #5c84b532
+# %% ../nbs/90_grading.ipynb #e038655d
 def _score(ex:Exercise, path:Path, steps:list[_Step], notes:list[str], reviews:list[str], t0:float,
-           iso:Isolation)->GradeResult:
+           iso:Isolation, memory_mb:float|None=None)->GradeResult:
     "The grade from the steps' verdicts: full points for a test that passed, none otherwise."
     status = {st.name: st for st in steps if st.kind == "test"}
     files = {st.file: st.original for st in steps}
@@ -1381,7 +1382,8 @@ def _score(ex:Exercise, path:Path, steps:list[_Step], notes:list[str], reviews:l
     visible = all(r.score == r.max for r in qs if not r.hidden)
     reviews = list(dict.fromkeys(reviews))
     return GradeResult(str(path), ex.name, sum(r.score for r in qs), ex.max_score, visible, qs, notes,
-                       round(time.monotonic() - t0, 2), bool(reviews), reviews[:20], "", iso.summary)
+                       round(time.monotonic() - t0, 2), bool(reviews), reviews[:20], "", iso.summary,
+                       None if memory_mb is None else round(memory_mb, 1))
 
 def _error_result(path:Path, message:str, iso:Isolation, ex:Exercise|None=None)->GradeResult:
     qs = [QuestionResult(q.name, 0.0, q.points, q.hidden, "not graded") for q in ex.questions] if ex else []
@@ -1412,7 +1414,7 @@ def grade_notebook(path:Path|str, # the submission
         return _error_result(path, str(e), iso, ex)
     except Exception as e:                  # a grader bug must not end the batch either
         return _error_result(path, f"the grader failed on this submission: {type(e).__name__}: {e}", iso, ex)
-    return _score(ex, path, steps, notes, reviews + report.reviews, t0, iso)
+    return _score(ex, path, steps, notes, reviews + report.reviews, t0, iso, report.peak_memory_mb)
 
 def load_exercises(solutions_dir:Path|str)->dict[str, Exercise]:
     "Every exercise of a solutions folder, read and checked, by name."
