@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 # torch is installed on its own first, pinned: pip then takes the CPU wheel where the index
 # serves one (and the CUDA build on a GPU machine), and the package's `torch>=2.4` keeps it.
 TORCH  ?= torch==2.13.0
+# Extra pip options for torch, e.g. TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu" for the CPU-only build.
+TORCH_INDEX ?=
 STAMP  := $(VENV)/.mmlab-installed
 TEST_STAMP := $(VENV)/.mmlab-test-installed
 # Tests and notebooks never touch the network; two pytest workers share the cores, one thread each.
@@ -20,9 +22,12 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "mmlab needs Python 3.11 or newer, found " + sys.version.split()[0])'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet "$(TORCH)" $(TORCH_INDEX)
 	$(BIN)/python -m pip install --quiet -e ".[course]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (mmlab)" >/dev/null
+	mkdir -p $(VENV)/share/jupyter/lab/settings
+	echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
+		> $(VENV)/share/jupyter/lab/settings/overrides.json
 	touch $(STAMP)
 
 # The parity references and instructor tools of the `test` extra, on top of the course environment.
@@ -30,10 +35,15 @@ $(TEST_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[course,test]"
 	touch $(TEST_STAMP)
 
+# Students see the course, not the instructors' tools: nbgrader (installed by `make test`) has its lab extension off.
+# Run as root (a container), JupyterLab needs --allow-root; it is added for you.
 lab: setup
-	$(BIN)/jupyter lab --notebook-dir=. nbs/index.ipynb $(LAB_ARGS)
+	-$(BIN)/jupyter labextension disable --level=sys_prefix @jupyter/nbgrader >/dev/null 2>&1
+	-$(BIN)/jupyter server extension disable --sys-prefix nbgrader >/dev/null 2>&1
+	$(BIN)/jupyter lab --notebook-dir=. nbs/index.ipynb $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 test: $(TEST_STAMP)
+	$(BIN)/python -m ruff check mmlab tests bench
 	$(TEST_ENV) $(BIN)/python -m pytest -n 2 --dist loadfile --durations=25 --nbval-lax tests nbs
 
 clean:

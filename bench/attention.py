@@ -2,7 +2,7 @@
 
 Compares, on the same inputs and in one run:
   1. the written-out `mmlab.attention.scaled_dot_product_attention` vs `F.scaled_dot_product_attention` (the core op);
-  2. `mmlab.attention.MultiHeadCrossAttention` (fused path, no weights) vs `nn.MultiheadAttention(need_weights=False)`;
+  2. `mmlab.attention.MultiHeadAttention` (fused path, no weights) vs `nn.MultiheadAttention(need_weights=False)`;
   3. the same two modules when the attention weights are requested.
 Prints the median time of each and the ratio mmlab / torch (below 1: mmlab is faster).
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmlab.attention import MultiHeadCrossAttention, load_torch_mha, scaled_dot_product_attention
+from mmlab.attention import MultiHeadAttention, load_torch_mha, scaled_dot_product_attention
 from mmlab.core import get_device
 
 
@@ -48,7 +48,7 @@ def main(argv=None):
     keep = torch.rand(B, Lk, device=device) > 0.2; keep[:, 0] = True     # a key-padding mask
     text, image = torch.randn(B, Lq, D, device=device), torch.randn(B, Lk, D, device=device)
     mha = nn.MultiheadAttention(D, H, batch_first=True).to(device)
-    ours = load_torch_mha(MultiHeadCrossAttention(D, H), mha).to(device)
+    ours = load_torch_mha(MultiHeadAttention(D, H), mha).to(device)
 
     def core_ours(): scaled_dot_product_attention(q, k, v, mask=keep[:, None, None])[0].sum().backward()
     def core_torch(): F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None]).sum().backward()
@@ -56,8 +56,8 @@ def main(argv=None):
     def mod_torch(w): return lambda: mha(text, image, image, key_padding_mask=~keep, need_weights=w)[0].sum().backward()
 
     rows = [("core op: written-out vs F.scaled_dot_product_attention", core_ours, core_torch),
-            ("module, no weights: MultiHeadCrossAttention vs nn.MultiheadAttention", mod_ours(False), mod_torch(False)),
-            ("module, with weights: MultiHeadCrossAttention vs nn.MultiheadAttention", mod_ours(True), mod_torch(True))]
+            ("module, no weights: MultiHeadAttention vs nn.MultiheadAttention", mod_ours(False), mod_torch(False)),
+            ("module, with weights: MultiHeadAttention vs nn.MultiheadAttention", mod_ours(True), mod_torch(True))]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"device: {device} ({name}); torch {torch.__version__}")
     print(f"B={B} Lq={Lq} Lk={Lk} D={D} H={H}, forward + backward, median of {a.repeats}")

@@ -6,7 +6,6 @@ the peak resident set (ru_maxrss) over the inputs, on CUDA torch.cuda.max_memory
 """
 import argparse
 import json
-import math
 import resource
 import statistics
 import subprocess
@@ -14,7 +13,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 
 def straightforward_loss(image_embeds, text_embeds, logit_scale):

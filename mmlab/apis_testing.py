@@ -8,10 +8,8 @@ from __future__ import annotations
 import base64
 import binascii
 import http.server
-import io
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 

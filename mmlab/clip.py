@@ -10,23 +10,25 @@
 # L text length, D tower width, E embedding width, K classes, T prompt templates.
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Callable, Sequence
+
+from fastcore.basics import patch
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import BlockConfig, TransformerBlock
 from .core import autocast_dtype, get_device, load_pretrained, load_processor, tiny_clip_config
 from .losses import LOGIT_SCALE_INIT, LogitScale, clip_loss
+from .train import param_groups, warmup_cosine
 
 # %% auto #0
-__all__ = ['ACTIVATIONS', 'TowerCfg', 'VisionCfg', 'TextCfg', 'ClipCfg', 'clip_cfg_from_hf', 'clip_cfg_to_hf', 'quick_gelu',
-           'Attention', 'Block', 'VisionTower', 'TextTower', 'ClipOutput', 'CLIP', 'hf_to_mmlab_state_dict',
-           'mmlab_to_hf_state_dict', 'hf_parity', 'parity_configs', 'random_clip_inputs', 'zero_shot_classifier',
-           'zero_shot_accuracy', 'ClipEncoder', 'sample_caption_batch', 'fit_clip', 'embed_all', 'LockedTextCLIP',
-           'sentence_embeddings']
+__all__ = ['TowerCfg', 'VisionCfg', 'TextCfg', 'ClipCfg', 'clip_cfg_from_hf', 'clip_cfg_to_hf', 'VisionTower', 'TextTower',
+           'ClipOutput', 'CLIP', 'hf_to_mmlab_state_dict', 'mmlab_to_hf_state_dict', 'hf_parity', 'parity_configs',
+           'random_clip_inputs', 'zero_shot_classifier', 'zero_shot_accuracy', 'ClipEncoder', 'sample_caption_batch',
+           'fit_clip', 'embed_all', 'LockedTextCLIP', 'sentence_embeddings']
 
 # %% ../nbs/07_clip.ipynb #6cf3a0d0
 @dataclass
@@ -38,6 +40,10 @@ class TowerCfg:
     mlp_width: int = 128         # hidden width of the MLP
     act: str = "quick_gelu"      # 'quick_gelu' (OpenAI CLIP) or 'gelu'
     eps: float = 1e-5            # LayerNorm epsilon
+
+    def block(self)->BlockConfig:
+        "The attention chapter's BlockConfig of one layer of this tower."
+        return BlockConfig(dim=self.width, heads=self.heads, mlp_dim=self.mlp_width, act=self.act, eps=self.eps)
 
 @dataclass
 class VisionCfg(TowerCfg):
@@ -87,43 +93,6 @@ def clip_cfg_to_hf(cfg:ClipCfg):
                                        eos_token_id=t.eos_token_id, pad_token_id=pad, bos_token_id=0),
                       projection_dim=cfg.embed_dim, logit_scale_init_value=cfg.logit_scale_init)
 
-# %% ../nbs/07_clip.ipynb #1a3a46d1
-def quick_gelu(x:Tensor)->Tensor:
-    "OpenAI CLIP's activation, x * sigmoid(1.702 x)."
-    return x * torch.sigmoid(1.702 * x)
-
-ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"quick_gelu": quick_gelu, "gelu": F.gelu}
-
-class Attention(nn.Module):
-    "Multi-head self-attention with a fused qkv projection."
-    def __init__(self, width:int, heads:int):
-        super().__init__()
-        if width % heads: raise ValueError(f"width {width} is not divisible by heads {heads}")
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.out = nn.Linear(width, width)
-    def forward(self, x:Tensor, # (B, S, D)
-                mask:Tensor|None=None # (B, 1, S, S) or (S, S) boolean, True where attention is allowed
-               )->Tensor: # (B, S, D)
-        B, S, D = x.shape
-        q, k, v = self.qkv(x).view(B, S, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)   # 3 x (B, h, S, hd)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)                                # (B, h, S, hd)
-        return self.out(y.transpose(1, 2).reshape(B, S, D))
-
-# %% ../nbs/07_clip.ipynb #0416d683
-class Block(nn.Module):
-    "A pre-norm transformer block: attention and MLP, each on a residual branch."
-    def __init__(self, c:TowerCfg):
-        super().__init__()
-        if c.act not in ACTIVATIONS: raise ValueError(f"unknown activation {c.act!r}; known: {', '.join(ACTIVATIONS)}")
-        self.norm1, self.norm2 = nn.LayerNorm(c.width, eps=c.eps), nn.LayerNorm(c.width, eps=c.eps)
-        self.attn = Attention(c.width, c.heads)
-        self.fc1, self.fc2 = nn.Linear(c.width, c.mlp_width), nn.Linear(c.mlp_width, c.width)
-        self.act = ACTIVATIONS[c.act]
-    def forward(self, x:Tensor, mask:Tensor|None=None)->Tensor:   # (B, S, D) -> (B, S, D)
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
-
 # %% ../nbs/07_clip.ipynb #f808a9b9
 class VisionTower(nn.Module):
     "ViT: patches -> linear -> [CLS] + positions -> LN -> blocks -> LN(CLS)."
@@ -137,7 +106,7 @@ class VisionTower(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(c.width) * c.width ** -0.5)
         self.pos_embed = nn.Parameter(torch.randn(n + 1, c.width) * 0.02)
         self.norm_pre, self.norm_post = nn.LayerNorm(c.width, eps=c.eps), nn.LayerNorm(c.width, eps=c.eps)
-        self.blocks = nn.ModuleList(Block(c) for _ in range(c.layers))
+        self.blocks = nn.ModuleList(TransformerBlock(c.block()) for _ in range(c.layers))
     def forward(self, pixel_values:Tensor # (B, C, H, H)
                )->Tensor: # (B, D) the pooled class token
         c = self.c
@@ -148,7 +117,7 @@ class VisionTower(nn.Module):
         x = self.patch_proj(patches)                                                       # (B, N, D)
         x = torch.cat([self.cls_token.expand(len(x), 1, -1), x], dim=1) + self.pos_embed   # (B, N+1, D)
         x = self.norm_pre(x)
-        for blk in self.blocks: x = blk(x)
+        for blk in self.blocks: x = blk(x).hidden
         return self.norm_post(x[:, 0])                                                     # (B, D)
 
 # %% ../nbs/07_clip.ipynb #dbf1af65
@@ -159,7 +128,7 @@ class TextTower(nn.Module):
         self.c = c
         self.token_embed = nn.Embedding(c.vocab_size, c.width)
         self.pos_embed = nn.Parameter(torch.randn(c.context_length, c.width) * 0.01)
-        self.blocks = nn.ModuleList(Block(c) for _ in range(c.layers))
+        self.blocks = nn.ModuleList(TransformerBlock(c.block()) for _ in range(c.layers))
         self.norm_final = nn.LayerNorm(c.width, eps=c.eps)
     def eos_positions(self, input_ids:Tensor)->Tensor:   # (B, L) -> (B,)
         "Where to pool: the first eos (Hugging Face's rule), or the largest id when eos is 2 (the legacy rule)."
@@ -176,9 +145,8 @@ class TextTower(nn.Module):
         if L > self.c.context_length:
             raise ValueError(f"text: {L} tokens do not fit the context length {self.c.context_length}")
         x = self.token_embed(input_ids) + self.pos_embed[:L]                                # (B, L, D)
-        mask = torch.ones(L, L, dtype=torch.bool, device=x.device).tril()                  # (L, L) causal
-        if attention_mask is not None: mask = mask & attention_mask.bool()[:, None, None, :]  # (B, 1, L, L)
-        for blk in self.blocks: x = blk(x, mask)
+        keys = attention_mask.bool() if attention_mask is not None else None                # (B, L) True on tokens
+        for blk in self.blocks: x = blk(x, mask=keys, is_causal=True).hidden
         x = self.norm_final(x)
         return x[torch.arange(B, device=x.device), self.eos_positions(input_ids)]         # (B, D)
 
@@ -223,8 +191,8 @@ class CLIP(nn.Module):
         return ClipOutput(img, txt, logits, logits.T, loss)
 
 # %% ../nbs/07_clip.ipynb #0147fe84
-_BLOCK_KEYS = [("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("attn.out", "self_attn.out_proj"),
-               ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2")]
+_BLOCK_KEYS = [("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("mlp.fc1", "mlp.fc1"), ("mlp.fc2", "mlp.fc2"),
+               *((f"attn.{p}_proj", f"self_attn.{p}_proj") for p in ("q", "k", "v", "out"))]
 
 def _key_table(cfg:ClipCfg)->list[tuple[str, str]]:
     "(our name, Hugging Face name) of every tensor copied unchanged."
@@ -243,12 +211,6 @@ def _key_table(cfg:ClipCfg)->list[tuple[str, str]]:
                 t += [(f"{tower}.blocks.{i}.{ours}.{w}", f"{hf}.encoder.layers.{i}.{theirs}.{w}") for w in ("weight", "bias")]
     return t
 
-def _qkv_keys(cfg:ClipCfg):
-    for tower, hf, n in [("visual", "vision_model", cfg.vision.layers), ("text", "text_model", cfg.text.layers)]:
-        for i in range(n):
-            for w in ("weight", "bias"):
-                yield f"{tower}.blocks.{i}.attn.qkv.{w}", [f"{hf}.encoder.layers.{i}.self_attn.{p}_proj.{w}" for p in "qkv"]
-
 _PATCH = ("visual.patch_proj.weight", "vision_model.embeddings.patch_embedding.weight")
 
 # %% ../nbs/07_clip.ipynb #9f018c63
@@ -262,7 +224,6 @@ def hf_to_mmlab_state_dict(sd:dict, # a CLIPModel state dict
         if k not in sd: raise KeyError(f"Hugging Face CLIP state dict: missing key {k!r}")
         used.add(k); return sd[k]
     for ours, theirs in _key_table(cfg): out[ours] = take(theirs)
-    for ours, parts in _qkv_keys(cfg): out[ours] = torch.cat([take(p) for p in parts], dim=0)   # (3D, ...) q, k, v
     w = take(_PATCH[1]); out[_PATCH[0]] = w.reshape(w.shape[0], -1)                               # (D, C*P*P)
     extra = sorted(set(sd) - used)
     if extra: raise KeyError(f"Hugging Face CLIP state dict: {len(extra)} unexpected key(s), e.g. {extra[:3]}")
@@ -273,27 +234,27 @@ def mmlab_to_hf_state_dict(sd:dict, # mmlab CLIP state dict
                           )->dict: # a CLIPModel state dict (without the position_ids buffers)
     "The inverse of `hf_to_mmlab_state_dict`."
     out = {theirs: sd[ours] for ours, theirs in _key_table(cfg)}
-    for ours, parts in _qkv_keys(cfg):
-        for p, chunk in zip(parts, sd[ours].chunk(3, dim=0)): out[p] = chunk
     v = cfg.vision
     out[_PATCH[1]] = sd[_PATCH[0]].reshape(v.width, v.channels, v.patch_size, v.patch_size)      # (D, C, P, P)
     return out
 
 # %% ../nbs/07_clip.ipynb #2976b963
-@classmethod
-def _from_hf(cls, hf_model # a transformers CLIPModel
-            )->CLIP:
+@patch(cls_method=True)
+def from_hf(cls:CLIP, hf_model # a transformers CLIPModel
+           )->CLIP:
     "Build mmlab's CLIP with the config and weights of a Hugging Face `CLIPModel`."
     cfg = clip_cfg_from_hf(hf_model.config)
     model = cls(cfg)
     model.load_state_dict(hf_to_mmlab_state_dict(hf_model.state_dict(), cfg), strict=True)
     return model.to(next(hf_model.parameters()).dtype)
 
-def _to_hf_state_dict(self)->dict:
+@patch
+def to_hf_state_dict(self:CLIP)->dict:
     "This model's weights under Hugging Face `CLIPModel` names and shapes."
     return mmlab_to_hf_state_dict({k: v.detach() for k, v in self.state_dict().items()}, self.cfg)
 
-def _to_hf(self):
+@patch
+def to_hf(self:CLIP):
     "A Hugging Face `CLIPModel` with this model's config and weights."
     from transformers import CLIPModel
     hf = CLIPModel(clip_cfg_to_hf(self.cfg))
@@ -301,8 +262,6 @@ def _to_hf(self):
     missing = [k for k in missing if not k.endswith("position_ids")]
     if missing or unexpected: raise KeyError(f"CLIPModel keys not matched: missing {missing}, unexpected {unexpected}")
     return hf.eval()
-
-CLIP.from_hf, CLIP.to_hf_state_dict, CLIP.to_hf = _from_hf, _to_hf_state_dict, _to_hf
 
 # %% ../nbs/07_clip.ipynb #5bd879cf
 def hf_parity(hf_model, # a transformers CLIPModel
@@ -434,13 +393,6 @@ class ClipEncoder:
         return F.normalize(torch.cat(out).float(), dim=-1).cpu()
 
 # %% ../nbs/07_clip.ipynb #1ad87c67
-def _decay_groups(model:nn.Module, weight_decay:float)->list[dict]:
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad: continue
-        (decay if p.ndim == 2 and "embed" not in name else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
 def sample_caption_batch(text_to_image:Tensor, # (T,) image index of every caption
                          batch_size:int, # images per batch
                          generator:torch.Generator # the sampling generator
@@ -461,14 +413,14 @@ def fit_clip(model:nn.Module, # has encode_image(pixels), encode_text(rows) and 
              texts:Tensor, # (T, ...) text inputs: token ids (T, L) padded after the eos, or features (T, F)
              text_to_image:Tensor, # (T,) the image of every caption
              steps:int=300, batch_size:int=128, lr:float=1e-3, weight_decay:float=0.1,
-             warmup:int=30, # linear warm-up steps, then cosine decay to 0
+             warmup:int=30, # linear warm-up steps, then cosine decay to 0 (the training chapter's schedule)
              seed:int=0, device:torch.device|str|None=None
             )->dict: # {'loss': [...], 'temperature': [...]} per step
     "Train with the CLIP loss on random (image, one of its captions) batches; return the history."
     device = torch.device(device) if device is not None else get_device()
     model.to(device).train()
-    opt = torch.optim.AdamW(_decay_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: min(1.0, (t + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(t / steps, 1.0))))
+    opt = torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    sched = warmup_cosine(opt, min(warmup, steps), steps)
     g, amp = torch.Generator().manual_seed(seed), autocast_dtype(device)
     hist = {"loss": [], "temperature": []}
     for _ in range(steps):

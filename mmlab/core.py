@@ -5,7 +5,6 @@
 # %% ../nbs/00_setup.ipynb #963284ee
 from __future__ import annotations
 
-import argparse
 import configparser
 import importlib
 import importlib.util
@@ -27,12 +26,12 @@ import torch
 
 # %% auto #0
 __all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'CHECKPOINTS', 'COURSE_WORDS', 'TINY_TOKENIZERS',
-           'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'COMMANDS', 'SettingsError', 'Settings', 'find_settings_file',
-           'settings', 'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
+           'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'SettingsError', 'Settings', 'find_settings_file', 'settings',
+           'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
            'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config', 'tiny_vit_config',
            'tiny_gpt2_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir', 'tiny_checkpoint',
            'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor', 'load_processor',
-           'doctor', 'main', 'doctor_main']
+           'format_table', 'doctor']
 
 # %% ../nbs/00_setup.ipynb #d18199b9
 class SettingsError(ValueError):
@@ -355,21 +354,25 @@ def atomic_write(path:str|Path, # the file to write (its directory is created)
         tmp.unlink(missing_ok=True)
     return path
 
-def atomic_dir(target:str|Path, # the directory to create; kept as it is when it already exists
-               write:Callable[[Path], None] # fills the temporary directory it is given
+def atomic_dir(target:str|Path, # the directory to create
+               write:Callable[[Path], None], # fills the temporary directory it is given
+               overwrite:bool=False # replace an existing `target` (a checkpoint saved each epoch) instead of keeping it
               )->Path:
-    "Build a directory once: `write(tmp_dir)`, then rename it to `target` (a concurrent builder's copy wins)."
+    "Build a directory in a temporary place, then rename it to `target`: readers never see a half-written one."
     target = Path(target)
-    if target.exists(): return target
+    if target.exists() and not overwrite: return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    old = target.parent / f".{target.name}-old-{tmp.name.rsplit('-', 1)[-1]}"
     try:
         write(tmp)
+        if overwrite and target.exists(): target.rename(old)   # the old copy stays whole until the new one is in place
         try: tmp.rename(target)
         except OSError:          # another process finished first: keep its copy
             if not target.exists(): raise
     finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+        for d in (tmp, old):
+            if d.exists(): shutil.rmtree(d, ignore_errors=True)
     return target
 
 # %% ../nbs/00_setup.ipynb #6ef335b0
@@ -509,6 +512,29 @@ def load_processor(name:str, # a Hub checkpoint name or a local directory
     _say(verbose, msg)
     return proc
 
+# %% ../nbs/00_setup.ipynb #bd23a576
+def _cell(v, digits:int)->str:
+    if v is None: return "-"
+    if isinstance(v, bool): return str(v)
+    if isinstance(v, (int, np.integer)): return f"{v:,}"
+    if isinstance(v, (float, np.floating)): return f"{v:.{digits}f}"
+    if isinstance(v, torch.Tensor) and v.numel() == 1: return _cell(v.item(), digits)
+    return str(v)
+
+def format_table(rows:list[dict], # one dict per row; keys are column names (missing keys print as '-')
+                 digits:int|dict[str, int]=3, # decimals of floats: one for all, or {column: decimals} (others 3)
+                 columns:list[str]|None=None # which columns, in which order; all keys in first-seen order if None
+                )->str:
+    "Rows of dicts as an aligned text table: numbers right-aligned with fixed decimals, text left-aligned."
+    if not rows: return "(no rows)"
+    cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    dig = (lambda c: digits.get(c, 3)) if isinstance(digits, dict) else (lambda c: digits)
+    cells = [[_cell(r.get(c), dig(c)) for c in cols] for r in rows]
+    numeric = [all(isinstance(r.get(c), (int, float, np.number)) or r.get(c) is None for r in rows) for c in cols]
+    widths = [max(len(str(c)), *(len(row[j]) for row in cells)) for j, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()
+    return "\n".join([line([str(c) for c in cols])] + [line(row) for row in cells])
+
 # %% ../nbs/00_setup.ipynb #b27a184e
 OPTIONAL_PARTS = {   # import name -> what the course uses it for
     "datasets": "generated datasets (Arrow)", "librosa": "audio features", "soundfile": "audio files",
@@ -543,32 +569,3 @@ def doctor()->int:
     for k, v in rows: print(f"{k:<{w}}  {v}")
     print("the course can run here" if ok else "the course cannot run here: fix the lines marked ERROR")
     return 0 if ok else 1
-
-# %% ../nbs/00_setup.ipynb #863bef50
-COMMANDS = {   # name -> (module, function taking argv and returning an exit code, one-line help)
-    "doctor": ("mmlab.core", "doctor_main", "print versions, device, offline status and optional parts"),
-    "train": ("mmlab.train", "train_main", "train a fusion model on a course dataset"),
-    "evaluate": ("mmlab.evaluate", "evaluate_main", "evaluate a saved checkpoint"),
-    "grade": ("mmlab.grade", "grade_main", "grade exercise submissions"),
-}
-
-def _available_commands():
-    return {k: v for k, v in COMMANDS.items() if importlib.util.find_spec(v[0]) is not None}
-
-def main(argv:list[str]|None=None # arguments after `mmlab`; sys.argv[1:] if None
-        )->int:
-    "Entry point of the `mmlab` console script."
-    argv = sys.argv[1:] if argv is None else list(argv)
-    cmds = _available_commands()
-    parser = argparse.ArgumentParser(prog="mmlab", description="mmlab: the multimodal-learning course and lab kit")
-    parser.add_argument("command", choices=sorted(cmds), help="; ".join(f"{k}: {v[2]}" for k, v in sorted(cmds.items())))
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command (see mmlab COMMAND --help)")
-    ns = parser.parse_args(argv)
-    mod, fn, _ = cmds[ns.command]
-    return int(getattr(importlib.import_module(mod), fn)(ns.args) or 0)
-
-# %% ../nbs/00_setup.ipynb #a227535d
-def doctor_main(argv:list[str])->int:
-    "`mmlab doctor`: see `doctor`."
-    argparse.ArgumentParser(prog="mmlab doctor", description=doctor.__doc__).parse_args(argv)
-    return doctor()

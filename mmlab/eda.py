@@ -168,12 +168,14 @@ def embed_2d(X:np.ndarray, method:str="pca", seed:int=0)->np.ndarray: # (N, 2)
 
 def plot_embeddings(panels:list[tuple], # (title, (N, 2) points, (N,) labels) per panel
                     ncols:int=4):
-    "Scatter plots coloured by label; returns the figure."
+    "Scatter plots coloured by label, with a legend of the labels; returns the figure."
+    import matplotlib.pyplot as plt
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3 * nrows), squeeze=False)
     for ax, (title, P, y) in zip(axes.ravel(), panels):
         sc = ax.scatter(P[:, 0], P[:, 1], c=y, s=5, cmap="tab10", vmin=0, vmax=9)
         ax.set_title(title, fontsize=9); ax.set_xticks([]); ax.set_yticks([])
+        ax.legend(*sc.legend_elements(), title="label", fontsize=6, title_fontsize=7, loc="best", markerscale=0.7)
     for ax in axes.ravel()[len(panels):]: ax.axis("off")
     fig.tight_layout()
     return fig

@@ -6,54 +6,45 @@ where does it attend."""
 
 # %% ../nbs/04c_evaluate.ipynb #269116c4
 # Evaluation of multimodal classifiers: classification report, confusion matrix, ablation over every subset of
-# modalities through the presence mask, Shapley modality contributions, robustness tables, attention plots, and the
-# `mmlab evaluate` command (Shapley values: Shapley 1953; for modalities see e.g. Hu et al. 2022, arXiv:2205.00001).
+# modalities through the presence mask, Shapley modality contributions, robustness tables and attention plots
+# (Shapley values: Shapley 1953; for modalities see e.g. Hu et al. 2022, arXiv:2205.00001).
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .train import BatchDataset
+from .data.schema import Batch
 
 # %% auto #0
 __all__ = ['predict', 'EvalReport', 'evaluate_model', 'metrics_table', 'plot_confusion', 'ablation', 'shapley_contributions',
-           'robustness', 'robustness_table', 'modality_weight_table', 'plot_attention', 'load_trained', 'evaluate_main']
+           'robustness', 'robustness_table', 'modality_weight_table', 'plot_attention']
 
 # %% ../nbs/04c_evaluate.ipynb #d88032ab
 @torch.no_grad()
-def predict(model:nn.Module, # a MultimodalClassifier (or anything taking the batch keywords)
-            data:BatchDataset,
-            present:list[str]|None=None, # modalities to keep; the others are masked out; None: as in the data
+def predict(model:nn.Module, # a model taking a Batch and returning logits (and labels), e.g. a MultimodalClassifier
+            data:Batch, # the whole evaluation set as one Batch
+            present:list[str]|None=None, # modalities to keep; the others are hidden through the mask; None: as in the data
             batch_size:int=256
            )->dict: # logits (N, C), labels (N,), modality_weights (N, M) or None
     "Run `model` over `data` in eval mode, hiding modalities not in `present` through the presence mask."
     model.eval()
     dev = next(model.parameters()).device
-    mods = list(data.batch["inputs"])
     if present is not None:
-        unknown = set(present) - set(mods)
-        if unknown: raise KeyError(f"unknown modalities {sorted(unknown)}; the data has {mods}")
-    logits, weights = [], []
-    for a in range(0, len(data), batch_size):
-        b = data.__getitems__(list(range(a, min(a + batch_size, len(data)))))
-        mask = dict(b["mask"])
-        if present is not None:
-            for m in mods:
-                if m not in present: mask[m] = torch.zeros_like(mask[m])
-        move = lambda d: {k: v.to(dev) for k, v in d.items()}
-        out = model(inputs=move(b["inputs"]), mask=move(mask), pad_mask=move(b["pad_mask"]))
+        unknown = set(present) - set(data.modalities)
+        if unknown: raise KeyError(f"unknown modalities {sorted(unknown)}; the data has {data.modalities}")
+        data = data.hide([m for m in data.modalities if m not in present])
+    logits, labels, weights = [], [], []
+    for b in data.split(batch_size):
+        out = model(b.to(dev))
         logits.append(out.logits.float().cpu())
+        if getattr(out, "labels", None) is not None: labels.append(out.labels.cpu())
         if getattr(out, "modality_weights", None) is not None: weights.append(out.modality_weights.float().cpu())
-    label_key = getattr(model, "label_key", "label")
-    return {"logits": torch.cat(logits), "labels": data.batch["labels"][label_key],
+    return {"logits": torch.cat(logits), "labels": torch.cat(labels) if labels else None,
             "modality_weights": torch.cat(weights) if weights else None}
 
 # %% ../nbs/04c_evaluate.ipynb #5d72e509
@@ -67,12 +58,19 @@ class EvalReport:
     confusion: np.ndarray          # (C, C): rows true class, columns predicted class
     report: str                    # scikit-learn's per-class text report
 
-def evaluate_model(model:nn.Module, data:BatchDataset, present:list[str]|None=None,
+def _labels(pred:dict, data:Batch)->Tensor:
+    "The labels the model's outputs were scored against; a clear error when the data lacks them."
+    if pred["labels"] is None:
+        raise ValueError(f"the model's outputs carry no labels: the data has labels {sorted(data.labels) or 'none'}, "
+                         "not the one the model learns")
+    return pred["labels"]
+
+def evaluate_model(model:nn.Module, data:Batch, present:list[str]|None=None,
                    train_seconds:float|None=None, class_names:list[str]|None=None)->EvalReport:
     "Accuracy, macro-F1, confusion matrix and per-class report of `model` on `data`."
     from sklearn.metrics import classification_report, confusion_matrix, f1_score
     pred = predict(model, data, present)
-    y, p = pred["labels"].numpy(), pred["logits"].argmax(-1).numpy()
+    y, p = _labels(pred, data).numpy(), pred["logits"].argmax(-1).numpy()
     C = pred["logits"].shape[1]
     names = class_names or [str(c) for c in range(C)]
     return EvalReport(float((y == p).mean()), float(f1_score(y, p, average="macro", labels=list(range(C)), zero_division=0)),
@@ -103,14 +101,14 @@ def plot_confusion(cm:np.ndarray, class_names:list[str]|None=None, title:str="co
     return fig
 
 # %% ../nbs/04c_evaluate.ipynb #a91f714b
-def ablation(model:nn.Module, data:BatchDataset)->dict[tuple[str, ...], float]:
+def ablation(model:nn.Module, data:Batch)->dict[tuple[str, ...], float]:
     "Accuracy with every non-empty subset of the modalities present (the others masked out)."
-    mods = list(data.batch["inputs"])
+    mods = data.modalities
     out = {}
     for k in range(1, len(mods) + 1):
         for subset in itertools.combinations(mods, k):
             pred = predict(model, data, list(subset))
-            out[subset] = (pred["logits"].argmax(-1) == pred["labels"]).float().mean().item()
+            out[subset] = (pred["logits"].argmax(-1) == _labels(pred, data)).float().mean().item()
     return out
 
 def shapley_contributions(accs:dict[tuple[str, ...], float], # from `ablation`
@@ -128,13 +126,13 @@ def shapley_contributions(accs:dict[tuple[str, ...], float], # from `ablation`
     return phi
 
 # %% ../nbs/04c_evaluate.ipynb #723b0320
-def robustness(model:nn.Module, data:BatchDataset)->dict[str, float]:
+def robustness(model:nn.Module, data:Batch)->dict[str, float]:
     "Accuracy with all modalities ('all') and with each modality missing ('-m')."
-    mods = list(data.batch["inputs"])
+    mods = data.modalities
     res = {}
     for name, keep in [("all", mods)] + [(f"-{m}", [x for x in mods if x != m]) for m in mods]:
         pred = predict(model, data, keep)
-        res[name] = (pred["logits"].argmax(-1) == pred["labels"]).float().mean().item()
+        res[name] = (pred["logits"].argmax(-1) == _labels(pred, data)).float().mean().item()
     return res
 
 def robustness_table(results:dict[str, dict[str, float]])->str:
@@ -146,13 +144,13 @@ def robustness_table(results:dict[str, dict[str, float]])->str:
     return "\n".join(lines)
 
 # %% ../nbs/04c_evaluate.ipynb #34d4bba2
-def modality_weight_table(model:nn.Module, data:BatchDataset)->np.ndarray|None:
+def modality_weight_table(model:nn.Module, data:Batch)->np.ndarray|None:
     "(C, M) mean modality weight per true class, or None when the strategy has no modality weights."
     pred = predict(model, data)
-    w = pred["modality_weights"]
+    w, y = pred["modality_weights"], _labels(pred, data)
     if w is None: return None
     C = pred["logits"].shape[1]
-    return np.stack([w[pred["labels"] == c].mean(0).numpy() if (pred["labels"] == c).any() else np.full(w.shape[1], np.nan)
+    return np.stack([w[y == c].mean(0).numpy() if (y == c).any() else np.full(w.shape[1], np.nan)
                      for c in range(C)])
 
 def plot_attention(weights:np.ndarray|Tensor, # (rows, cols)
@@ -167,39 +165,3 @@ def plot_attention(weights:np.ndarray|Tensor, # (rows, cols)
     ax.set_xticks(range(len(col_labels)), col_labels); ax.set_yticks(range(len(row_labels)), row_labels)
     ax.set_title(title); fig.colorbar(im, ax=ax); fig.tight_layout()
     return fig
-
-# %% ../nbs/04c_evaluate.ipynb #2a7420ce
-def load_trained(checkpoint:str|Path)->tuple[nn.Module, dict]:
-    "The MultimodalClassifier saved in `checkpoint` (a best/ or last/ directory, or the run directory holding best/)."
-    from mmlab.fusion import build_classifier
-    from mmlab.train import load_checkpoint, read_checkpoint_meta
-    ck = Path(checkpoint)
-    if (ck / "best" / "trainer_state.json").is_file(): ck = ck / "best"
-    meta = read_checkpoint_meta(ck)
-    if not meta.get("model_config"):
-        raise ValueError(f"checkpoint {ck} has no model config; it was not written for a MultimodalClassifier")
-    model = build_classifier(meta["model_config"])
-    load_checkpoint(ck, model)
-    data = json.loads((ck / "data.json").read_text()) if (ck / "data.json").is_file() else None
-    return model.eval(), {"checkpoint": ck, "data": data, "trainer": meta["trainer"]}
-
-def evaluate_main(argv:list[str])->int:
-    "`mmlab evaluate CHECKPOINT`: reload a trained model and print its metrics, ablation and contributions."
-    from mmlab.train import build_data
-    p = argparse.ArgumentParser(prog="mmlab evaluate", description="Evaluate a checkpoint written by `mmlab train`.")
-    p.add_argument("checkpoint", help="a checkpoint directory (best/ or last/) or the run directory holding best/")
-    args = p.parse_args(argv)
-    try: model, info = load_trained(args.checkpoint)
-    except (FileNotFoundError, ValueError) as e: raise SystemExit(str(e)) from None
-    if info["data"] is None: raise SystemExit(f"{info['checkpoint']} has no data.json: it was not written by `mmlab train`")
-    d = info["data"]
-    _, val = build_data(d)
-    rep = evaluate_model(model, val, train_seconds=d.get("train_seconds"))
-    print(metrics_table({f"{d['dataset']}/{model.fusion_name}": rep}))
-    print(rep.report)
-    abl = ablation(model, val)
-    print("ablation (accuracy with only these modalities present):")
-    for s, a in abl.items(): print(f"  {'+'.join(s):<20} {a:.3f}")
-    phi = shapley_contributions(abl, model.fusion.num_classes)
-    print("modality contributions (Shapley, accuracy above chance):", {m: round(v, 3) for m, v in phi.items()})
-    return 0

@@ -14,30 +14,52 @@ raw images, audio, text and sensor streams into features; and the composed model
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import MultiHeadCrossAttention
-from .data.preprocess import log_mel_spectrogram, mel_filterbank
+from .attention import BlockConfig, MultiHeadAttention, TransformerBlock
+from .data.preprocess import log_mel_spectrogram
+from .data.schema import LABEL_KEY, Batch
+from .train import ClassifierOutput
 
 # %% auto #0
-__all__ = ['STRATEGIES', 'ENCODERS', 'FusionOutput', 'modality_dropout', 'FusionModule', 'EarlyFusion', 'check_mask_invariance',
-           'WeightedFusion', 'LateFusion', 'AttentionFusion', 'TransformerFusion', 'CrossModalFusion', 'TensorFusion',
-           'LowRankTensorFusion', 'GatedFusion', 'make_fusion', 'LogMel', 'ImageEncoder', 'SequenceEncoder',
-           'AudioEncoder', 'TextEncoder', 'FeatureEncoder', 'make_encoder', 'MultimodalClassifier', 'build_classifier']
+__all__ = ['STRATEGIES', 'ENCODERS', 'FusionOutput', 'FusionConfig', 'modality_dropout', 'FusionModule', 'EarlyFusion',
+           'check_mask_invariance', 'WeightedFusion', 'LateFusion', 'AttentionFusionConfig', 'AttentionFusion',
+           'TransformerFusionConfig', 'TransformerFusion', 'CrossModalFusionConfig', 'CrossModalFusion',
+           'TensorFusionConfig', 'TensorFusion', 'LowRankFusionConfig', 'LowRankTensorFusion', 'GatedFusion',
+           'make_fusion', 'LogMel', 'Encoder', 'ImageEncoderConfig', 'ImageEncoder', 'SequenceEncoderConfig',
+           'SequenceEncoder', 'AudioEncoderConfig', 'AudioEncoder', 'TextEncoderConfig', 'TextEncoder',
+           'FeatureEncoderConfig', 'FeatureEncoder', 'make_encoder', 'ClassifierConfig', 'MultimodalClassifier']
 
 # %% ../nbs/04_fusion.ipynb #ea6a18cf
 @dataclass
-class FusionOutput:
-    "What every fusion strategy (and the composed classifier) returns."
-    logits: Tensor                                # (B, C)
-    loss: Tensor|None = None                      # cross-entropy, when labels were given to the composed model
+class FusionOutput(ClassifierOutput):
+    "What every fusion strategy (and the composed classifier) returns: logits, loss and labels, and what it attended to."
     attention: Tensor|dict[str, Tensor]|None = None   # attention weights, for strategies that have them
     modality_weights: Tensor|None = None          # (B, M) weight of each modality, for strategies that have them
+
+@dataclass
+class FusionConfig:
+    "The options every fusion strategy has."
+    input_dims: dict[str, int]         # modality -> feature width D_m (2 or more modalities)
+    num_classes: int                   # C
+    hidden: int = 64                   # h: width of the fused representation
+    dropout: float = 0.1               # dropout in the classification head
+    modality_dropout: float = 0.0      # P(hiding a present modality) during training
+
+    def __post_init__(self):
+        if not isinstance(self.input_dims, dict) or len(self.input_dims) < 2:
+            raise ValueError(f"fusion needs a dict of 2 or more modality widths, got {self.input_dims!r}")
+        bad = {m: d for m, d in self.input_dims.items() if not (isinstance(d, int) and d > 0)}
+        if bad: raise ValueError(f"modality widths must be positive integers, got {bad}")
+        if not (isinstance(self.num_classes, int) and self.num_classes >= 2): raise ValueError(f"num_classes must be an integer >= 2, got {self.num_classes!r}")
+        if not (isinstance(self.hidden, int) and self.hidden >= 1): raise ValueError(f"hidden must be a positive integer, got {self.hidden!r}")
+        for k in ("dropout", "modality_dropout"):
+            if not 0 <= getattr(self, k) < 1: raise ValueError(f"{k} must be in [0, 1), got {getattr(self, k)!r}")
 
 # %% ../nbs/04_fusion.ipynb #6277f209
 def modality_dropout(mask:Tensor, # (B, M) bool presence
@@ -58,22 +80,28 @@ def modality_dropout(mask:Tensor, # (B, M) bool presence
 
 # %% ../nbs/04_fusion.ipynb #61979f7d
 class FusionModule(nn.Module):
-    "Base of every strategy: checks inputs against `input_dims`, builds the (B, M) presence mask, applies modality dropout."
+    "Base of every strategy: keeps the config, checks inputs against `input_dims`, builds the presence mask, applies modality dropout."
+    Config: ClassVar[type] = FusionConfig     # the strategy's config dataclass
+
     def __init__(self, input_dims:dict[str, int], # modality -> feature width D_m (2 or more modalities)
                  num_classes:int, # C
-                 hidden:int=64, # h: width of the fused representation
-                 dropout:float=0.1, # dropout in the classification head
-                 modality_dropout:float=0.0 # P(hiding a present modality) during training
+                 **options # the other fields of the strategy's Config (hidden, dropout, modality_dropout, ...)
                 ):
         super().__init__()
-        if not isinstance(input_dims, dict) or len(input_dims) < 2:
-            raise ValueError(f"fusion needs a dict of 2 or more modality widths, got {input_dims!r}")
-        bad = {m: d for m, d in input_dims.items() if not (isinstance(d, int) and d > 0)}
-        if bad: raise ValueError(f"modality widths must be positive integers, got {bad}")
-        if num_classes < 2: raise ValueError(f"num_classes must be >= 2, got {num_classes}")
-        self.input_dims, self.modalities = dict(input_dims), list(input_dims)
-        self.num_classes, self.hidden, self.p_modality = num_classes, hidden, modality_dropout
-        self.options = dict(hidden=hidden, dropout=dropout, modality_dropout=modality_dropout)
+        known = [f.name for f in fields(self.Config)][2:]
+        unknown = sorted(set(options) - set(known))
+        if unknown: raise TypeError(f"{type(self).__name__} has no option(s) {unknown}; its options are {known}")
+        self.config = self.Config(input_dims=dict(input_dims) if isinstance(input_dims, dict) else input_dims,
+                                  num_classes=num_classes, **options)
+        self.modalities = list(self.config.input_dims)
+
+    @classmethod
+    def from_config(cls, config:FusionConfig)->FusionModule:
+        "Rebuild a strategy from its config (or from `asdict` of it)."
+        return cls(**(asdict(config) if not isinstance(config, dict) else config))
+    input_dims = property(lambda self: self.config.input_dims)
+    num_classes = property(lambda self: self.config.num_classes)
+    hidden = property(lambda self: self.config.hidden)
 
     def _prepare(self, inputs:dict[str, Tensor], mask:dict[str, Tensor]|None)->tuple[list[Tensor], Tensor]:
         "Inputs in modality order with absent rows zeroed, and the (B, M) presence mask."
@@ -82,10 +110,13 @@ class FusionModule(nn.Module):
             raise KeyError(f"{type(self).__name__} expects inputs for modalities {self.modalities}, got {got}; "
                            "give every modality (zeros are fine) and mark absent ones False in `mask`")
         B = next(iter(inputs.values())).shape[0]
+        dtype = next(self.parameters()).dtype
         for m in self.modalities:
             x = inputs[m]
             if x.dim() != 2 or x.shape != (B, self.input_dims[m]):
                 raise ValueError(f"modality {m!r}: expected shape (B={B}, {self.input_dims[m]}), got {tuple(x.shape)}")
+            if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):
+                raise TypeError(f"modality {m!r}: expected {dtype} features (the model's dtype), got {x.dtype}")
         mask = mask or {}
         extra = set(mask) - set(self.modalities)
         if extra: raise KeyError(f"mask has unknown modalities {sorted(extra)}; modalities are {self.modalities}")
@@ -97,7 +128,7 @@ class FusionModule(nn.Module):
                 raise ValueError(f"mask of {m!r}: expected a bool tensor of shape ({B},), got {mk.dtype} {tuple(mk.shape)}")
             cols.append(mk)
         present = torch.stack(cols, 1)                                   # (B, M)
-        if self.training and self.p_modality > 0: present = modality_dropout(present, self.p_modality)
+        if self.training and self.config.modality_dropout > 0: present = modality_dropout(present, self.config.modality_dropout)
         xs = [inputs[m].masked_fill(~present[:, i, None], 0.0) for i, m in enumerate(self.modalities)]
         return xs, present
 
@@ -110,7 +141,7 @@ class EarlyFusion(FusionModule):
     "Concatenate the (presence-zeroed) features and the presence bits; an MLP classifies."
     def __init__(self, input_dims, num_classes, **options):
         super().__init__(input_dims, num_classes, **options)
-        self.head = _head(sum(input_dims.values()) + len(input_dims), self.hidden, num_classes, self.options["dropout"])
+        self.head = _head(sum(input_dims.values()) + len(input_dims), self.hidden, num_classes, self.config.dropout)
     def forward(self, inputs:dict[str, Tensor], mask:dict[str, Tensor]|None=None)->FusionOutput:
         xs, present = self._prepare(inputs, mask)
         return FusionOutput(self.head(torch.cat(xs + [present.float()], -1)))   # (B, C)
@@ -150,7 +181,7 @@ class WeightedFusion(FusionModule):
         super().__init__(input_dims, num_classes, **options)
         self.proj = _Projections(input_dims, self.hidden)
         self.logit_weights = nn.Parameter(torch.zeros(len(input_dims)))          # a_m
-        self.head = _head(self.hidden, self.hidden, num_classes, self.options["dropout"])
+        self.head = _head(self.hidden, self.hidden, num_classes, self.config.dropout)
     def forward(self, inputs, mask=None)->FusionOutput:
         xs, present = self._prepare(inputs, mask)
         h = self.proj(xs, present, self.modalities)                              # (B, M, h)
@@ -162,7 +193,7 @@ class LateFusion(FusionModule):
     "Per-modality classifiers whose logits are averaged with learned softmax weights."
     def __init__(self, input_dims, num_classes, **options):
         super().__init__(input_dims, num_classes, **options)
-        self.heads = nn.ModuleDict({m: _head(d, self.hidden, num_classes, self.options["dropout"]) for m, d in input_dims.items()})
+        self.heads = nn.ModuleDict({m: _head(d, self.hidden, num_classes, self.config.dropout) for m, d in input_dims.items()})
         self.logit_weights = nn.Parameter(torch.zeros(len(input_dims)))
     def forward(self, inputs, mask=None)->FusionOutput:
         xs, present = self._prepare(inputs, mask)
@@ -183,15 +214,19 @@ class _Tokens(nn.Module):
         toks = torch.stack([self.proj[m](x).view(len(x), self.n_tokens, self.hidden) for m, x in zip(modalities, xs)], 1)
         return self.norm(toks + self.type_emb)
 
+@dataclass
+class AttentionFusionConfig(FusionConfig):
+    num_heads: int = 4                 # H of the attention over modality tokens
+
 class AttentionFusion(FusionModule):
     "A learned query attends over one token per modality (absent ones masked)."
-    def __init__(self, input_dims, num_classes, num_heads:int=4, **options):
+    Config = AttentionFusionConfig
+    def __init__(self, input_dims, num_classes, **options):
         super().__init__(input_dims, num_classes, **options)
-        self.options["num_heads"] = num_heads
         self.tokens = _Tokens(input_dims, self.hidden)
         self.query = nn.Parameter(0.02 * torch.randn(1, 1, self.hidden))
-        self.attn = MultiHeadCrossAttention(self.hidden, num_heads)
-        self.head = _head(self.hidden, self.hidden, num_classes, self.options["dropout"])
+        self.attn = MultiHeadAttention(self.hidden, self.config.num_heads)
+        self.head = _head(self.hidden, self.hidden, num_classes, self.config.dropout)
     def forward(self, inputs, mask=None)->FusionOutput:
         xs, present = self._prepare(inputs, mask)
         toks = self.tokens(xs, self.modalities)[:, :, 0]                          # (B, M, h)
@@ -200,49 +235,51 @@ class AttentionFusion(FusionModule):
         return FusionOutput(self.head(att.output[:, 0]), attention=att.weights, modality_weights=w)
 
 # %% ../nbs/04_fusion.ipynb #b6d78ec3
-class _SelfAttentionLayer(nn.Module):
-    "Pre-norm transformer layer built on MultiHeadCrossAttention (returns its weights when asked)."
-    def __init__(self, dim, num_heads, dropout):
-        super().__init__()
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = MultiHeadCrossAttention(dim, num_heads, dropout=dropout)
-        self.ffn = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim))
-    def forward(self, x, mask, need_weights=False):
-        a = self.attn(self.norm1(x), self.norm1(x), mask=mask, need_weights=need_weights)
-        x = x + a.output
-        return x + self.ffn(self.norm2(x)), a.weights
+@dataclass
+class TransformerFusionConfig(FusionConfig):
+    num_heads: int = 4
+    num_layers: int = 2                # transformer blocks over the [CLS] and modality tokens
 
 class TransformerFusion(FusionModule):
-    "[CLS] + one token per modality with type embeddings through self-attention layers."
-    def __init__(self, input_dims, num_classes, num_heads:int=4, num_layers:int=2, **options):
+    "[CLS] + one token per modality with type embeddings through the attention chapter's transformer blocks."
+    Config = TransformerFusionConfig
+    def __init__(self, input_dims, num_classes, **options):
         super().__init__(input_dims, num_classes, **options)
-        self.options.update(num_heads=num_heads, num_layers=num_layers)
+        c = self.config
         self.tokens = _Tokens(input_dims, self.hidden)
         self.cls = nn.Parameter(0.02 * torch.randn(1, 1, self.hidden))
-        self.layers = nn.ModuleList(_SelfAttentionLayer(self.hidden, num_heads, 0.0) for _ in range(num_layers))
+        block = BlockConfig(dim=self.hidden, heads=c.num_heads, mlp_dim=2 * self.hidden)
+        self.layers = nn.ModuleList(TransformerBlock(block) for _ in range(c.num_layers))
         self.norm = nn.LayerNorm(self.hidden)
-        self.head = _head(self.hidden, self.hidden, num_classes, self.options["dropout"])
+        self.head = _head(self.hidden, self.hidden, num_classes, self.config.dropout)
     def forward(self, inputs, mask=None)->FusionOutput:
         xs, present = self._prepare(inputs, mask)
         toks = self.tokens(xs, self.modalities)[:, :, 0]                          # (B, M, h)
         x = torch.cat([self.cls.expand(len(toks), -1, -1), toks], 1)              # (B, 1+M, h)
         keys = torch.cat([torch.ones_like(present[:, :1]), present], 1)           # (B, 1+M): CLS always present
         for i, layer in enumerate(self.layers):
-            x, w = layer(x, keys, need_weights=i == len(self.layers) - 1)
+            out = layer(x, mask=keys, need_weights=i == len(self.layers) - 1)
+            x, w = out.hidden, out.self_weights
         cls_w = w[:, :, 0, 1:]                                                    # (B, H, M): CLS over modalities
         return FusionOutput(self.head(self.norm(x[:, 0])), attention=w, modality_weights=cls_w.mean(1))
 
 # %% ../nbs/04_fusion.ipynb #a555945a
+@dataclass
+class CrossModalFusionConfig(FusionConfig):
+    num_heads: int = 4
+    n_tokens: int = 4                  # T tokens per modality
+
 class CrossModalFusion(FusionModule):
     "Every modality's tokens attend to every other modality's tokens; pooled over present modalities."
-    def __init__(self, input_dims, num_classes, num_heads:int=4, n_tokens:int=4, **options):
+    Config = CrossModalFusionConfig
+    def __init__(self, input_dims, num_classes, **options):
         super().__init__(input_dims, num_classes, **options)
-        self.options.update(num_heads=num_heads, n_tokens=n_tokens)
-        self.tokens = _Tokens(input_dims, self.hidden, n_tokens)
+        c = self.config
+        self.tokens = _Tokens(input_dims, self.hidden, c.n_tokens)
         self.pairs = [(i, j) for i in self.modalities for j in self.modalities if i != j]
-        self.cross = nn.ModuleDict({f"{i}->{j}": MultiHeadCrossAttention(self.hidden, num_heads) for i, j in self.pairs})
+        self.cross = nn.ModuleDict({f"{i}->{j}": MultiHeadAttention(self.hidden, c.num_heads) for i, j in self.pairs})
         self.norm = nn.LayerNorm(self.hidden)
-        self.head = _head(self.hidden, self.hidden, num_classes, self.options["dropout"])
+        self.head = _head(self.hidden, self.hidden, num_classes, self.config.dropout)
     def forward(self, inputs, mask=None)->FusionOutput:
         xs, present = self._prepare(inputs, mask)
         toks = self.tokens(xs, self.modalities)                                   # (B, M, T, h)
@@ -263,13 +300,18 @@ class CrossModalFusion(FusionModule):
         return FusionOutput(self.head((w[..., None] * reps).sum(1)), attention=weights or None)
 
 # %% ../nbs/04_fusion.ipynb #9655643f
+@dataclass
+class TensorFusionConfig(FusionConfig):
+    factor_dim: int = 8                # d: each modality is projected to d, then [h; 1] enters the outer product
+
 class TensorFusion(FusionModule):
     "Outer product of [h_m; 1] over modalities (TFN), flattened into an MLP."
-    def __init__(self, input_dims, num_classes, factor_dim:int=8, **options):
+    Config = TensorFusionConfig
+    def __init__(self, input_dims, num_classes, **options):
         super().__init__(input_dims, num_classes, **options)
-        self.options["factor_dim"] = factor_dim
+        factor_dim = self.config.factor_dim
         self.proj = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, factor_dim), nn.Tanh()) for m, d in input_dims.items()})
-        self.head = _head((factor_dim + 1) ** len(input_dims), self.hidden, num_classes, self.options["dropout"])
+        self.head = _head((factor_dim + 1) ** len(input_dims), self.hidden, num_classes, self.config.dropout)
     def forward(self, inputs, mask=None)->FusionOutput:
         xs, present = self._prepare(inputs, mask)
         z = None
@@ -280,15 +322,20 @@ class TensorFusion(FusionModule):
         return FusionOutput(self.head(z))
 
 # %% ../nbs/04_fusion.ipynb #c454a19f
+@dataclass
+class LowRankFusionConfig(FusionConfig):
+    rank: int = 8                      # r rank-one terms
+
 class LowRankTensorFusion(FusionModule):
     "Low-rank multimodal fusion (LMF): rank-r factors per modality, multiplied elementwise."
-    def __init__(self, input_dims, num_classes, rank:int=8, **options):
+    Config = LowRankFusionConfig
+    def __init__(self, input_dims, num_classes, **options):
         super().__init__(input_dims, num_classes, **options)
-        self.options["rank"] = rank
+        rank = self.config.rank
         self.factors = nn.ParameterDict({m: nn.Parameter(torch.randn(rank, d + 1, self.hidden) / math.sqrt(d + 1))
                                          for m, d in input_dims.items()})      # (r, D_m + 1, h) per modality
         self.rank_weights = nn.Parameter(torch.full((rank,), 1.0 / rank))
-        self.head = _head(self.hidden, self.hidden, num_classes, self.options["dropout"])
+        self.head = _head(self.hidden, self.hidden, num_classes, self.config.dropout)
     def forward(self, inputs, mask=None)->FusionOutput:
         xs, _ = self._prepare(inputs, mask)
         f = None
@@ -305,7 +352,7 @@ class GatedFusion(FusionModule):
         super().__init__(input_dims, num_classes, **options)
         self.cand = nn.ModuleDict({m: nn.Linear(d, self.hidden) for m, d in input_dims.items()})
         self.gate = nn.Linear(sum(input_dims.values()) + len(input_dims), len(input_dims) * self.hidden)
-        self.head = _head(self.hidden, self.hidden, num_classes, self.options["dropout"])
+        self.head = _head(self.hidden, self.hidden, num_classes, self.config.dropout)
     def forward(self, inputs, mask=None)->FusionOutput:
         xs, present = self._prepare(inputs, mask)
         h = torch.stack([torch.tanh(self.cand[m](x)) for m, x in zip(self.modalities, xs)], 1)   # (B, M, h)
@@ -344,43 +391,80 @@ def _masked_mean(x:Tensor, # (B, L, h)
     k = keep.float()[..., None]
     return (x * k).sum(1) / k.sum(1).clamp(min=1.0)
 
-class ImageEncoder(nn.Module):
-    "Small strided CNN pooled to a 2x2 grid (keeps coarse layout): (B, C, H, W) -> (B, out_dim)."
-    def __init__(self, in_channels:int=3, out_dim:int=32, width:int=16):
+class Encoder(nn.Module):
+    "Base of the per-modality encoders: a config dataclass, an output width, and a spec that rebuilds it."
+    kind: ClassVar[str]                # the key of ENCODERS
+    Config: ClassVar[type]             # the config dataclass
+    def __init__(self, config=None, **options):
         super().__init__()
-        self.out_dim, self.config = out_dim, dict(kind="vision", in_channels=in_channels, out_dim=out_dim, width=width)
+        if config is not None and not isinstance(config, self.Config):
+            raise TypeError(f"{type(self).__name__}: config must be a {self.Config.__name__}, got {config!r}; give other options by name")
+        self.config = config if config is not None else self.Config(**options)
+        self.out_dim = self.config.out_dim
+    def spec(self)->dict:
+        "`{'kind': ..., **config}`: what `make_encoder` needs to build the same encoder."
+        return {"kind": self.kind, **asdict(self.config)}
+
+@dataclass
+class ImageEncoderConfig:
+    in_channels: int = 3
+    out_dim: int = 32
+    width: int = 16                    # channels of the first convolution (then 2x)
+
+class ImageEncoder(Encoder):
+    "Small strided CNN pooled to a 2x2 grid (keeps coarse layout): (B, C, H, W) -> (B, out_dim)."
+    kind, Config = "vision", ImageEncoderConfig
+    def __init__(self, config:ImageEncoderConfig|None=None, **options):
+        super().__init__(config, **options)
+        c, w = self.config, self.config.width
         self.net = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, 2, 1), nn.GELU(), nn.Conv2d(width, 2 * width, 3, 2, 1), nn.GELU(),
-            nn.Conv2d(2 * width, 2 * width, 3, 2, 1), nn.GELU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),   # (B, 2w * 4)
-            nn.Linear(8 * width, out_dim))
+            nn.Conv2d(c.in_channels, w, 3, 2, 1), nn.GELU(), nn.Conv2d(w, 2 * w, 3, 2, 1), nn.GELU(),
+            nn.Conv2d(2 * w, 2 * w, 3, 2, 1), nn.GELU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),   # (B, 2w * 4)
+            nn.Linear(8 * w, c.out_dim))
     def forward(self, x:Tensor, pad_mask:Tensor|None=None)->Tensor:
-        if x.dim() != 4 or x.shape[1] != self.config["in_channels"]:
-            raise ValueError(f"vision: expected (B, {self.config['in_channels']}, H, W), got {tuple(x.shape)}")
+        if x.dim() != 4 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"vision: expected (B, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
         return self.net(x)
 
-class SequenceEncoder(nn.Module):
+@dataclass
+class SequenceEncoderConfig:
+    in_channels: int = 6               # channels per time step
+    out_dim: int = 32
+    width: int = 32                    # channels of the 1-D convolutions
+
+class SequenceEncoder(Encoder):
     "1-D convolutions over time and a masked mean: (B, L, channels) -> (B, out_dim)."
-    def __init__(self, in_channels:int, out_dim:int=32, width:int=32, kind:str="sensor"):
-        super().__init__()
-        self.out_dim, self.config = out_dim, dict(kind=kind, in_channels=in_channels, out_dim=out_dim, width=width)
-        self.conv = nn.Sequential(nn.Conv1d(in_channels, width, 3, padding=1), nn.GELU(),
-                                  nn.Conv1d(width, width, 3, padding=1), nn.GELU())
-        self.out = nn.Linear(width, out_dim)
+    kind, Config = "sensor", SequenceEncoderConfig
+    def __init__(self, config:SequenceEncoderConfig|None=None, **options):
+        super().__init__(config, **options)
+        c = self.config
+        self.conv = nn.Sequential(nn.Conv1d(c.in_channels, c.width, 3, padding=1), nn.GELU(),
+                                  nn.Conv1d(c.width, c.width, 3, padding=1), nn.GELU())
+        self.out = nn.Linear(c.width, c.out_dim)
     def forward(self, x:Tensor, pad_mask:Tensor|None=None)->Tensor:
-        if x.dim() != 3 or x.shape[2] != self.config["in_channels"]:
-            raise ValueError(f"{self.config['kind']}: expected (B, L, {self.config['in_channels']}), got {tuple(x.shape)}")
+        if x.dim() != 3 or x.shape[2] != self.config.in_channels:
+            raise ValueError(f"{self.kind}: expected (B, L, {self.config.in_channels}), got {tuple(x.shape)}")
         h = self.conv(x.transpose(1, 2)).transpose(1, 2)                          # (B, L, width)
         return self.out(_masked_mean(h, pad_mask))
 
 # %% ../nbs/04_fusion.ipynb #211f60ce
-class AudioEncoder(nn.Module):
-    "Log-mel spectrogram, then a SequenceEncoder over frames: (B, L) waveform -> (B, out_dim)."
-    def __init__(self, sample_rate:int=8000, out_dim:int=32, n_mels:int=32, n_fft:int=256, hop:int=128, width:int=32):
-        super().__init__()
-        self.out_dim = out_dim
-        self.config = dict(kind="audio", sample_rate=sample_rate, out_dim=out_dim, n_mels=n_mels, n_fft=n_fft, hop=hop, width=width)
-        self.logmel = LogMel(sample_rate, n_fft, hop, n_mels)
-        self.seq = SequenceEncoder(n_mels, out_dim, width, kind="audio")
+@dataclass
+class AudioEncoderConfig:
+    sample_rate: int = 8000
+    out_dim: int = 32
+    n_mels: int = 32
+    n_fft: int = 256
+    hop: int = 128
+    width: int = 32
+
+class AudioEncoder(Encoder):
+    "Log-mel spectrogram, then 1-D convolutions over frames: (B, L) waveform -> (B, out_dim)."
+    kind, Config = "audio", AudioEncoderConfig
+    def __init__(self, config:AudioEncoderConfig|None=None, **options):
+        super().__init__(config, **options)
+        c = self.config
+        self.logmel = LogMel(c.sample_rate, c.n_fft, c.hop, c.n_mels)
+        self.seq = SequenceEncoder(in_channels=c.n_mels, out_dim=c.out_dim, width=c.width)
     def forward(self, wav:Tensor, pad_mask:Tensor|None=None)->Tensor:
         if wav.dim() != 2: raise ValueError(f"audio: expected a (B, L) waveform batch, got {tuple(wav.shape)}")
         if wav.shape[1] < self.logmel.n_fft // 2 + 1:
@@ -394,78 +478,92 @@ class AudioEncoder(nn.Module):
         level = _masked_mean(spec, keep).mean(-1)[:, None, None]                  # (B, 1, 1)
         return self.seq((spec - level) / 3.0, keep)
 
-class TextEncoder(nn.Module):
+@dataclass
+class TextEncoderConfig:
+    vocab_size: int = 1024
+    out_dim: int = 32
+    emb_dim: int = 32
+
+class TextEncoder(Encoder):
     "Token embeddings, masked mean over real tokens, projection: (B, L) ids -> (B, out_dim)."
-    def __init__(self, vocab_size:int, out_dim:int=32, emb_dim:int=32):
-        super().__init__()
-        self.out_dim, self.config = out_dim, dict(kind="text", vocab_size=vocab_size, out_dim=out_dim, emb_dim=emb_dim)
-        self.emb = nn.Embedding(vocab_size, emb_dim, padding_idx=0)
-        self.out = nn.Sequential(nn.Linear(emb_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+    kind, Config = "text", TextEncoderConfig
+    def __init__(self, config:TextEncoderConfig|None=None, **options):
+        super().__init__(config, **options)
+        c = self.config
+        self.emb = nn.Embedding(c.vocab_size, c.emb_dim, padding_idx=0)
+        self.out = nn.Sequential(nn.Linear(c.emb_dim, c.out_dim), nn.GELU(), nn.Linear(c.out_dim, c.out_dim))
     def forward(self, ids:Tensor, pad_mask:Tensor|None=None)->Tensor:
         if ids.dim() != 2 or ids.is_floating_point():
             raise ValueError(f"text: expected (B, L) integer token ids, got {ids.dtype} {tuple(ids.shape)}")
-        if ids.numel() and int(ids.max()) >= self.emb.num_embeddings:
-            raise ValueError(f"text: token id {int(ids.max())} is outside the vocabulary of {self.emb.num_embeddings}")
+        if ids.numel() and (int(ids.max()) >= self.emb.num_embeddings or int(ids.min()) < 0):
+            raise ValueError(f"text: token ids must be in [0, {self.emb.num_embeddings}), got {int(ids.min())}..{int(ids.max())}")
         keep = pad_mask if pad_mask is not None else ids != 0
         return self.out(_masked_mean(self.emb(ids), keep))
 
-class FeatureEncoder(nn.Module):
+@dataclass
+class FeatureEncoderConfig:
+    out_dim: int = 32
+
+class FeatureEncoder(Encoder):
     "Pass-through for inputs that are already (B, out_dim) features (e.g. from frozen pre-trained encoders)."
-    def __init__(self, out_dim:int):
-        super().__init__()
-        self.out_dim, self.config = out_dim, dict(kind="features", out_dim=out_dim)
+    kind, Config = "features", FeatureEncoderConfig
     def forward(self, x:Tensor, pad_mask:Tensor|None=None)->Tensor:
         if x.dim() != 2 or x.shape[1] != self.out_dim:
             raise ValueError(f"features: expected (B, {self.out_dim}), got {tuple(x.shape)}")
         return x
 
-ENCODERS = {"vision": ImageEncoder, "audio": AudioEncoder, "text": TextEncoder, "sensor": SequenceEncoder,
-            "features": FeatureEncoder}
+ENCODERS = {cls.kind: cls for cls in (ImageEncoder, AudioEncoder, TextEncoder, SequenceEncoder, FeatureEncoder)}
 
-def make_encoder(config:dict)->nn.Module:
-    "Build an encoder from its `config` dict (the `kind` key picks the class)."
-    cfg = dict(config); kind = cfg.pop("kind", None)
+def make_encoder(spec:dict # {'kind': a key of ENCODERS, **the fields of its Config}
+                )->Encoder:
+    "Build an encoder from its spec (what `Encoder.spec()` returns)."
+    spec = dict(spec); kind = spec.pop("kind", None)
     if kind not in ENCODERS: raise KeyError(f"unknown encoder kind {kind!r}; valid kinds: {', '.join(ENCODERS)}")
-    if kind == "sensor": cfg["kind"] = "sensor"
-    return ENCODERS[kind](**cfg)
+    known = [f.name for f in fields(ENCODERS[kind].Config)]
+    unknown = sorted(set(spec) - set(known))
+    if unknown: raise TypeError(f"encoder kind {kind!r} has no option(s) {unknown}; its options are {known}")
+    return ENCODERS[kind](**spec)
 
 # %% ../nbs/04_fusion.ipynb #b4f66185
+@dataclass
+class ClassifierConfig:
+    "Everything needed to rebuild a MultimodalClassifier (not its weights)."
+    encoders: dict[str, dict]          # modality -> encoder spec {'kind': ..., **its config}
+    fusion: str                        # a key of STRATEGIES
+    num_classes: int                   # C
+    label_key: str = LABEL_KEY         # which label of the batch the model learns
+    fusion_options: dict = field(default_factory=dict)   # the strategy's options beyond input_dims and num_classes
+
 class MultimodalClassifier(nn.Module):
-    "Per-modality encoders + a fusion strategy; forward takes a collated batch and returns FusionOutput."
-    def __init__(self, encoders:dict[str, nn.Module], # modality -> encoder with `.out_dim` and `.config`
+    "Per-modality encoders + a fusion strategy; forward takes a Batch and returns FusionOutput."
+    def __init__(self, encoders:dict[str, Encoder], # modality -> encoder with `.out_dim` and `.spec()`
                  fusion:str, # a key of STRATEGIES
                  num_classes:int,
-                 label_key:str="label", # which of batch['labels'] to learn
+                 label_key:str=LABEL_KEY, # which of the batch's labels to learn
                  **fusion_options):
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
-        self.fusion_name, self.label_key = fusion, label_key
         self.fusion = make_fusion(fusion, {m: e.out_dim for m, e in encoders.items()}, num_classes, **fusion_options)
+        options = {k: v for k, v in asdict(self.fusion.config).items() if k not in ("input_dims", "num_classes")}
+        self.config = ClassifierConfig({m: e.spec() for m, e in encoders.items()}, fusion, num_classes, label_key, options)
         self.modalities = list(encoders)
 
-    def config_dict(self)->dict:
-        "Everything needed to rebuild this model (not its weights)."
-        return dict(encoders={m: e.config for m, e in self.encoders.items()}, fusion=self.fusion_name,
-                    num_classes=self.fusion.num_classes, label_key=self.label_key, fusion_options=self.fusion.options)
+    @classmethod
+    def from_config(cls, config:ClassifierConfig|dict)->MultimodalClassifier:
+        "Rebuild a classifier from its config (or `asdict` of it, as checkpoints store it)."
+        c = config if isinstance(config, ClassifierConfig) else ClassifierConfig(**config)
+        return cls({m: make_encoder(s) for m, s in c.encoders.items()}, c.fusion, c.num_classes, c.label_key, **c.fusion_options)
 
-    def features(self, inputs:dict[str, Tensor], pad_mask:dict[str, Tensor]|None=None)->dict[str, Tensor]:
+    def features(self, batch:Batch)->dict[str, Tensor]:
         "Encode each modality: {m: (B, out_dim)}."
-        missing = [m for m in self.modalities if m not in inputs]
-        if missing: raise KeyError(f"the batch lacks modalities {missing}; it has {sorted(inputs)} (the model uses {self.modalities})")
-        pad_mask = pad_mask or {}
-        return {m: enc(inputs[m], pad_mask.get(m)) for m, enc in self.encoders.items()}
+        missing = [m for m in self.modalities if m not in batch.inputs]
+        if missing: raise KeyError(f"the batch lacks modalities {missing}; it has {batch.modalities} (the model uses {self.modalities})")
+        return {m: enc(batch.inputs[m], batch.pad_mask.get(m)) for m, enc in self.encoders.items()}
 
-    def forward(self, inputs:dict[str, Tensor], mask:dict[str, Tensor]|None=None, pad_mask:dict[str, Tensor]|None=None,
-                labels:dict[str, Tensor]|Tensor|None=None, **batch_extras)->FusionOutput:
-        mask = {m: v for m, v in (mask or {}).items() if m in self.encoders}
-        out = self.fusion(self.features(inputs, pad_mask), mask)
-        if labels is not None:
-            y = labels[self.label_key] if isinstance(labels, dict) else labels
-            out.loss = F.cross_entropy(out.logits.float(), y)
+    def forward(self, batch:Batch)->FusionOutput:
+        if not isinstance(batch, Batch): raise TypeError(f"MultimodalClassifier takes a Batch (mmlab.data.schema.collate), got {type(batch).__name__}")
+        out = self.fusion(self.features(batch), {m: batch.mask[m] for m in self.modalities})
+        if self.config.label_key in batch.labels:
+            out.labels = batch.target(self.config.label_key)
+            out.loss = F.cross_entropy(out.logits.float(), out.labels)
         return out
-
-def build_classifier(config:dict)->MultimodalClassifier:
-    "Rebuild a MultimodalClassifier from `config_dict()`."
-    encs = {m: make_encoder(c) for m, c in config["encoders"].items()}
-    return MultimodalClassifier(encs, config["fusion"], config["num_classes"], config.get("label_key", "label"),
-                                **config.get("fusion_options", {}))

@@ -6,18 +6,17 @@ code on one CPU, one GPU or several processes."""
 
 # %% ../nbs/04b_train.ipynb #99dc0d67
 # Training with Hugging Face accelerate: `fit` (autocast, gradient accumulation and clipping, AdamW with warm-up and
-# cosine decay, early stopping, safetensors checkpoints with optimizer, scheduler and RNG state, exact resume, DDP),
-# Optuna search, and the `mmlab train` command (AdamW: Loshchilov & Hutter 2019, arXiv:1711.05101).
+# cosine decay, early stopping, safetensors checkpoints with optimizer, scheduler and RNG state, exact resume, DDP)
+# and Optuna search (AdamW: Loshchilov & Hutter 2019, arXiv:1711.05101). The loop knows nothing about the models it
+# trains, so every model of the course can use it.
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
-import sys
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,13 +26,13 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .core import autocast_dtype, get_device, seed_everything
+from .core import atomic_dir, autocast_dtype, format_table, get_device, seed_everything
+from .data.schema import Batch
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FILES', 'DATASETS', 'warmup_cosine', 'save_checkpoint', 'read_checkpoint_meta', 'load_checkpoint',
+__all__ = ['CHECKPOINT_FILES', 'warmup_cosine', 'param_groups', 'save_checkpoint', 'read_checkpoint_meta', 'load_checkpoint',
            'EpochShuffleSampler', 'FitConfig', 'FitResult', 'default_forward', 'fit', 'ClassifierOutput',
-           'MLPClassifier', 'history_table', 'plot_history', 'tune', 'CourseDataset', 'collate_dataset', 'BatchDataset',
-           'UnimodalProbe', 'pretrain_encoders', 'encode_dataset', 'build_data', 'train_main']
+           'MLPClassifier', 'history_table', 'plot_history', 'tune']
 
 # %% ../nbs/04b_train.ipynb #fd091f55
 def warmup_cosine(optimizer:torch.optim.Optimizer,
@@ -49,6 +48,18 @@ def warmup_cosine(optimizer:torch.optim.Optimizer,
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+# %% ../nbs/04b_train.ipynb #8af0f0ba
+def param_groups(model:nn.Module, # the model to optimise (frozen parameters are left out)
+                 weight_decay:float # decay of the weight matrices
+                )->list[dict]: # two AdamW parameter groups
+    "AdamW groups: decay on weight matrices and kernels; none on biases, norms, embeddings or scalars."
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad: continue
+        (decay if p.ndim >= 2 and id(p) not in embeddings else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 # %% ../nbs/04b_train.ipynb #e8e84dbc
 def _optimizer_to_tensors(opt_state:dict)->tuple[dict[str, Tensor], dict]:
@@ -90,24 +101,29 @@ def _set_rng_state(tensors:dict[str, Tensor], meta:dict):
 # %% ../nbs/04b_train.ipynb #02eace13
 CHECKPOINT_FILES = ("model.safetensors", "trainer_state.json")   # what every checkpoint directory has
 
-def save_checkpoint(path:str|Path, # directory to write (created; files inside are replaced)
+def _model_config(model:nn.Module)->dict|None:
+    "The model's config dataclass as JSON-able data, when it has one (`model.config`)."
+    cfg = getattr(model, "config", None)
+    return asdict(cfg) if is_dataclass(cfg) and not isinstance(cfg, type) else None
+
+def save_checkpoint(path:str|Path, # directory to write (replaced as a whole, atomically)
                     model:nn.Module,
                     optimizer:torch.optim.Optimizer|None=None,
                     scheduler:Any=None, # anything with state_dict()/load_state_dict() returning JSON-able data
                     state:dict|None=None # JSON-able trainer state: epoch, history, best score, ...
                    )->Path:
     "Write model weights, optimizer and RNG state as safetensors and the rest as JSON into `path`."
-    path = Path(path); path.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(path / "model.safetensors"))
-    meta = {"trainer": state or {}, "model_config": getattr(model, "config_dict", lambda: None)()}
-    if optimizer is not None:
-        tensors, meta["optimizer"] = _optimizer_to_tensors(optimizer.state_dict())
-        save_file(tensors, str(path / "optimizer.safetensors"))
-    if scheduler is not None: meta["scheduler"] = scheduler.state_dict()
-    rng, meta["rng"] = _rng_state()
-    save_file(rng, str(path / "rng.safetensors"))
-    (path / "trainer_state.json").write_text(json.dumps(meta, indent=1))
-    return path
+    def write(d:Path):
+        save_model(model, str(d / "model.safetensors"))
+        meta = {"trainer": state or {}, "model_config": _model_config(model)}
+        if optimizer is not None:
+            tensors, meta["optimizer"] = _optimizer_to_tensors(optimizer.state_dict())
+            save_file(tensors, str(d / "optimizer.safetensors"))
+        if scheduler is not None: meta["scheduler"] = scheduler.state_dict()
+        rng, meta["rng"] = _rng_state()
+        save_file(rng, str(d / "rng.safetensors"))
+        (d / "trainer_state.json").write_text(json.dumps(meta, indent=1))
+    return atomic_dir(path, write, overwrite=True)
 
 # %% ../nbs/04b_train.ipynb #43ee2510
 def read_checkpoint_meta(path:str|Path)->dict:
@@ -192,35 +208,29 @@ class FitResult:
 
 # %% ../nbs/04b_train.ipynb #e1c0a22d
 def default_forward(model:nn.Module, batch:Any)->Any:
-    "`model(**batch)` for a mapping, `model(*batch)` for a tuple or list, else `model(batch)`."
+    "`model(batch)` for a Batch, `model(**batch)` for a mapping, `model(*batch)` for a tuple or list."
+    if isinstance(batch, Batch): return model(batch)
     if isinstance(batch, Mapping): return model(**batch)
     if isinstance(batch, (tuple, list)): return model(*batch)
     return model(batch)
 
+def _field(output:Any, name:str)->Any:
+    return output.get(name) if isinstance(output, Mapping) else getattr(output, name, None)
+
 def _loss_of(output:Any, batch:Any, loss_fn:Callable|None)->Tensor:
     if loss_fn is not None: return loss_fn(output, batch)
-    loss = output.get("loss") if isinstance(output, Mapping) else getattr(output, "loss", None)
+    loss = _field(output, "loss")
     if loss is None:
         raise ValueError(f"the model returned {type(output).__name__} without a `.loss`; give the batch its labels "
                          "or pass loss_fn(output, batch)")
     return loss
 
-def _labels_of(batch:Any, label_key:str="label")->Tensor|None:
-    "The batch's labels: batch['labels'] or batch['label']; from a dict of label columns, `label_key` (or the only one)."
-    if not isinstance(batch, Mapping): return None
-    for k in ("labels", "label"):
-        if k in batch:
-            y = batch[k]
-            if isinstance(y, Mapping): y = y.get(label_key, next(iter(y.values())) if len(y) == 1 else None)
-            return y if torch.is_tensor(y) else None
-    return None
-
-def _logits_of(output:Any)->Tensor|None:
-    return output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
-
 # %% ../nbs/04b_train.ipynb #1811bfd6
+def _keep(batch): return batch   # a Batch's rows come out as a Batch already
+
 def _make_loader(data, cfg:FitConfig, collate_fn, train:bool)->DataLoader:
     if data is None or isinstance(data, DataLoader): return data
+    if isinstance(data, Batch) and collate_fn is None: collate_fn = _keep
     sampler = EpochShuffleSampler(len(data), cfg.seed) if train else None
     return DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, shuffle=False, collate_fn=collate_fn)
 
@@ -245,9 +255,7 @@ def _evaluate(accelerator, model, loader, forward_fn, loss_fn)->dict:
         with accelerator.autocast():
             out = forward_fn(model, batch)
             loss = _loss_of(out, batch, loss_fn).float()
-        logits = _logits_of(out)
-        labels = getattr(out, "labels", None)
-        if labels is None: labels = _labels_of(batch)
+        logits, labels = _field(out, "logits"), _field(out, "labels")
         n = len(labels) if labels is not None else 1
         stats = torch.tensor([loss.item() * n, n], device=accelerator.device)
         if logits is not None and labels is not None:
@@ -287,8 +295,8 @@ def _is_better(score, best, monitor)->bool:
     return score < best if "loss" in monitor else score > best
 
 def fit(model:nn.Module, # forward returns an object with `.loss` (or pass loss_fn)
-        train_data:Dataset|DataLoader, # a DataLoader, or a Dataset that fit batches with an EpochShuffleSampler
-        val_data:Dataset|DataLoader|None=None,
+        train_data:Dataset|DataLoader|Batch, # a DataLoader, or a Dataset (a Batch is one) that fit batches with an EpochShuffleSampler
+        val_data:Dataset|DataLoader|Batch|None=None,
         config:FitConfig|None=None,
         loss_fn:Callable|None=None, # loss_fn(output, batch) -> scalar Tensor; default: output.loss
         forward_fn:Callable=default_forward, # forward_fn(model, batch) -> output
@@ -307,11 +315,7 @@ def fit(model:nn.Module, # forward returns an object with `.loss` (or pass loss_
     seed_everything(cfg.seed)
     accelerator = _make_accelerator(cfg)
     train_dl, val_dl = _make_loader(train_data, cfg, collate_fn, True), _make_loader(val_data, cfg, collate_fn, False)
-    decay, no_decay = [], []
-    for n, p in model.named_parameters():
-        if p.requires_grad: (no_decay if p.dim() < 2 else decay).append(p)   # no decay on biases and norms
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     model, optimizer, train_dl = accelerator.prepare(model, optimizer, train_dl)
     # optimizer steps of the whole run: the same count on every process, whatever their number
     total = math.ceil(len(train_dl) / cfg.grad_accum) * cfg.epochs
@@ -357,10 +361,10 @@ def fit(model:nn.Module, # forward returns an object with `.loss` (or pass loss_
 # %% ../nbs/04b_train.ipynb #93fae2b7
 @dataclass
 class ClassifierOutput:
-    "Output of the small demo classifier (and the shape of every mmlab classifier output)."
+    "What every mmlab classifier returns; `fit` reads the loss, and accuracy from logits and labels."
     logits: Tensor              # (B, C)
     loss: Tensor|None = None    # cross-entropy, when labels were given
-    labels: Tensor|None = None  # the targets of these logits, when they are not the batch's own labels
+    labels: Tensor|None = None  # (B,) the targets these logits were scored against, when known
 
 class MLPClassifier(nn.Module):
     "A small MLP classifier whose forward returns logits and, given labels, the loss."
@@ -369,18 +373,13 @@ class MLPClassifier(nn.Module):
         self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
     def forward(self, x:Tensor, labels:Tensor|None=None)->ClassifierOutput:
         logits = self.net(x)
-        return ClassifierOutput(logits, None if labels is None else nn.functional.cross_entropy(logits, labels))
+        return ClassifierOutput(logits, None if labels is None else nn.functional.cross_entropy(logits, labels), labels)
 
 # %% ../nbs/04b_train.ipynb #52609fd6
 def history_table(history:list[dict])->str:
-    "The history as an aligned text table, one row per epoch."
+    "The history as an aligned table, one row per epoch, each column with a fixed number of decimals."
     if not history: return "(no epochs)"
-    keys = list(dict.fromkeys(k for row in history for k in row))
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
-    cells = [[fmt(row.get(k, "")) for k in keys] for row in history]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths))
-    return "\n".join([line(keys)] + [line(c) for c in cells])
+    return format_table(history, digits={"train_loss": 4, "val_loss": 4, "val_acc": 3, "lr": 6, "seconds": 1})
 
 def plot_history(history:list[dict]): # -> matplotlib Figure
     "Training/validation loss and validation accuracy per epoch."
@@ -417,185 +416,3 @@ def tune(build:Callable, # build(trial) -> (model, FitConfig or dict of fit opti
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
     study.optimize(objective, n_trials=n_trials)
     return study
-
-# %% ../nbs/04b_train.ipynb #3b93ba60
-@dataclass
-class CourseDataset:
-    "How the command line builds one of the data chapter's datasets."
-    make: str                          # name of the generator in mmlab.data.synth
-    modalities: dict[str, dict]        # modality -> encoder config (kind and sizes)
-    num_classes: int
-    targets: dict[str, str]            # modality -> label column its encoder is pre-trained on
-    options: dict = field(default_factory=dict)   # fixed generator options
-
-def _text_vocab():
-    from mmlab.data.schema import course_vocab
-    return len(course_vocab())
-
-DATASETS = {
-    "trimodal": CourseDataset("make_trimodal", {"vision": dict(kind="vision", in_channels=3), "audio": dict(kind="audio", sample_rate=8000),
-                                                "text": dict(kind="text")}, 4,
-                              {"vision": "image_factor", "audio": "audio_factor", "text": "text_factor"}),
-    "av_digits": CourseDataset("make_av_digits", {"vision": dict(kind="vision", in_channels=1), "audio": dict(kind="audio", sample_rate=8000),
-                                                  "text": dict(kind="text")}, 10, {"vision": "label", "audio": "label", "text": "label"}),
-    "sentiment": CourseDataset("make_sentiment", {"vision": dict(kind="vision", in_channels=3), "audio": dict(kind="audio", sample_rate=8000),
-                                                  "text": dict(kind="text")}, 3, {"vision": "label", "audio": "label", "text": "label"}),
-}
-
-# %% ../nbs/04b_train.ipynb #c22ce101
-def collate_dataset(ds, # a datasets.Dataset from mmlab.data.synth
-                    modalities:list[str], label_columns:list[str], chunk:int=512)->dict:
-    "The whole dataset as one collated batch (inputs, mask, pad_mask, labels), built in chunks."
-    from mmlab.data.schema import Collate
-    shapes = {}
-    if "vision" in modalities:
-        img = next(r["image"] for r in ds if r["image"] is not None)
-        shapes["vision"] = (len(img.getbands()), img.size[1], img.size[0])
-    col = Collate(modalities, shapes=shapes, label_columns=label_columns)
-    parts = [col([ds[i] for i in range(a, min(a + chunk, len(ds)))]) for a in range(0, len(ds), chunk)]
-    out = {"inputs": {}, "mask": {}, "pad_mask": {}, "labels": {}}
-    for key in out:
-        for m in parts[0][key]:
-            ts = [p[key][m] for p in parts]
-            if ts[0].dim() >= 2 and len({t.shape[1:] for t in ts}) > 1:       # pad variable lengths across chunks
-                L = max(t.shape[1] for t in ts)
-                ts = [_pad_to(t, L) for t in ts]
-            out[key][m] = torch.cat(ts)
-    return out
-
-def _pad_to(t:Tensor, L:int)->Tensor:
-    "Zero-pad dim 1 of `t` to length L."
-    pad = torch.zeros((t.shape[0], L - t.shape[1], *t.shape[2:]), dtype=t.dtype)
-    return torch.cat([t, pad], 1)
-
-class BatchDataset(Dataset):
-    "Rows of one big collated batch; a DataLoader with `collate_fn=BatchDataset.collate` gets sliced batches."
-    def __init__(self, batch:dict): # {'inputs': {m: (N, ...)}, 'mask': {...}, 'pad_mask': {...}, 'labels': {...}}
-        self.batch = batch
-        self.n = len(next(iter(batch["labels"].values())))
-    def __len__(self): return self.n
-    def __getitems__(self, idx:list[int])->dict:
-        idx = torch.as_tensor(idx)
-        return {k: {m: v[idx] for m, v in d.items()} for k, d in self.batch.items()}
-    def __getitem__(self, i:int)->dict: return self.__getitems__([i])
-    @staticmethod
-    def collate(b): return b
-
-# %% ../nbs/04b_train.ipynb #c8670b1f
-class UnimodalProbe(nn.Module):
-    "An encoder plus a linear classifier, trained on one modality's target over the samples that have it."
-    def __init__(self, encoder:nn.Module, modality:str, target:str, num_classes:int):
-        super().__init__()
-        self.encoder, self.modality, self.target = encoder, modality, target
-        self.linear = nn.Linear(encoder.out_dim, num_classes)
-    def forward(self, inputs, mask, pad_mask, labels, **extras)->ClassifierOutput:
-        m = self.modality
-        keep = mask[m]
-        y = labels[self.target][keep]
-        logits = self.linear(self.encoder(inputs[m][keep], pad_mask[m][keep] if m in pad_mask else None))
-        loss = nn.functional.cross_entropy(logits, y) if len(y) else logits.sum() * 0.0   # no sample has it: no loss
-        return ClassifierOutput(logits, loss, y)
-
-def pretrain_encoders(encoders:dict[str, nn.Module], # modality -> encoder (trained in place)
-                      train:BatchDataset, val:BatchDataset|None,
-                      targets:dict[str, str], # modality -> label column
-                      num_classes:dict[str, int]|int,
-                      epochs:int=2, batch_size:int=32, lr:float=1e-2, seed:int=0, progress:bool=False
-                     )->dict[str, float]: # modality -> validation accuracy of its probe (on samples that have it)
-    "Train each encoder with a linear probe on its modality's own target; return the probes' accuracies."
-    accs = {}
-    for m, enc in encoders.items():
-        k = num_classes[m] if isinstance(num_classes, dict) else num_classes
-        probe = UnimodalProbe(enc, m, targets[m], k)
-        dl = lambda d, shuffle: DataLoader(d, batch_size=batch_size, sampler=EpochShuffleSampler(len(d), seed) if shuffle else None,
-                                           collate_fn=BatchDataset.collate)
-        res = fit(probe, dl(train, True), dl(val, False) if val is not None else None, epochs=epochs, lr=lr, seed=seed,
-                  progress=progress, monitor="val_loss" if val is not None else "train_loss")
-        if val is not None: accs[m] = _probe_accuracy(probe, val)
-    return accs
-
-@torch.no_grad()
-def _probe_accuracy(probe:UnimodalProbe, data:BatchDataset)->float:
-    probe.eval(); b = data.batch
-    out = probe(b["inputs"], b["mask"], b["pad_mask"], b["labels"])
-    return (out.logits.argmax(-1) == b["labels"][probe.target][b["mask"][probe.modality]]).float().mean().item()
-
-# %% ../nbs/04b_train.ipynb #0d6c7385
-@torch.no_grad()
-def encode_dataset(encoders:dict[str, nn.Module], data:BatchDataset, batch_size:int=256)->BatchDataset:
-    "Replace each modality's raw input by its (frozen) encoder's features: a BatchDataset of (N, out_dim) inputs."
-    feats = {m: [] for m in encoders}
-    for e in encoders.values(): e.eval()
-    for a in range(0, len(data), batch_size):
-        b = data.__getitems__(list(range(a, min(a + batch_size, len(data)))))
-        for m, e in encoders.items(): feats[m].append(e(b["inputs"][m], b["pad_mask"].get(m)))
-    return BatchDataset({"inputs": {m: torch.cat(v) for m, v in feats.items()}, "mask": dict(data.batch["mask"]),
-                         "pad_mask": {}, "labels": dict(data.batch["labels"])})
-
-# %% ../nbs/04b_train.ipynb #b48e0b0b
-def _check_choice(kind:str, value:str, valid, plural:str):
-    if value not in valid: raise SystemExit(f"unknown {kind} {value!r}; valid {plural}: {', '.join(valid)}")
-
-def build_data(data_spec:dict)->tuple[BatchDataset, BatchDataset]:
-    "Train and validation BatchDatasets from a data spec {dataset, modalities, n_train, n_val, seed}."
-    spec = DATASETS[data_spec["dataset"]]
-    from mmlab.data import synth
-    make = getattr(synth, spec.make)
-    cols = ["label", *sorted(set(spec.targets[m] for m in data_spec["modalities"]) - {"label"})]
-    mods = list(data_spec["modalities"])
-    tr = make(data_spec["n_train"], seed=data_spec["seed"], **spec.options)
-    va = make(data_spec["n_val"], seed=data_spec["seed"] + 1, **spec.options)
-    return BatchDataset(collate_dataset(tr, mods, cols)), BatchDataset(collate_dataset(va, mods, cols))
-
-def _train_parser()->argparse.ArgumentParser:
-    from mmlab.fusion import STRATEGIES
-    p = argparse.ArgumentParser(prog="mmlab train", description="Train a fusion model on a course dataset.")
-    p.add_argument("--dataset", default="trimodal", help=f"one of {', '.join(DATASETS)}")
-    p.add_argument("--modalities", nargs="+", default=None, help="2 or more of the dataset's modalities (default: all)")
-    p.add_argument("--fusion-strategy", default="tensor", help=f"one of {', '.join(STRATEGIES)}")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--pretrain-epochs", type=int, default=2, help="epochs of unimodal encoder pre-training (0: none)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--modality-dropout", type=float, default=0.0)
-    p.add_argument("--n-train", type=int, default=1500)
-    p.add_argument("--n-val", type=int, default=500)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", default=None, help="checkpoint directory (default: runs/DATASET-STRATEGY)")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-# %% ../nbs/04b_train.ipynb #2846add5
-def train_main(argv:list[str])->int:
-    "`mmlab train`: pre-train encoders, fit a composed fusion model, print its metrics, save checkpoints."
-    from mmlab.fusion import STRATEGIES, MultimodalClassifier, make_encoder
-    from mmlab.evaluate import evaluate_model, metrics_table
-    args = _train_parser().parse_args(argv)
-    _check_choice("dataset", args.dataset, DATASETS, "datasets")
-    _check_choice("fusion strategy", args.fusion_strategy, STRATEGIES, "fusion strategies")
-    spec = DATASETS[args.dataset]
-    mods = args.modalities or list(spec.modalities)
-    for m in mods: _check_choice("modality", m, spec.modalities, f"modalities of {args.dataset}")
-    if len(set(mods)) < 2: raise SystemExit(f"fusion needs 2 or more different modalities, got {mods}")
-    data_spec = dict(dataset=args.dataset, modalities=mods, n_train=args.n_train, n_val=args.n_val, seed=args.seed)
-    seed_everything(args.seed)
-    train, val = build_data(data_spec)
-    encs = {m: make_encoder({**spec.modalities[m], **({"vocab_size": _text_vocab()} if m == "text" else {})}) for m in mods}
-    if args.pretrain_epochs > 0:
-        accs = pretrain_encoders(encs, train, val, spec.targets, spec.num_classes, epochs=args.pretrain_epochs, seed=args.seed)
-        print("pre-trained encoders, probe accuracy on their own targets:", {m: round(a, 3) for m, a in accs.items()})
-    model = MultimodalClassifier(encs, args.fusion_strategy, spec.num_classes, modality_dropout=args.modality_dropout)
-    out = Path(args.output or f"runs/{args.dataset}-{args.fusion_strategy}")
-    loader = lambda d, shuffle: DataLoader(d, batch_size=args.batch_size, collate_fn=BatchDataset.collate,
-                                           sampler=EpochShuffleSampler(len(d), args.seed) if shuffle else None)
-    res = fit(model, loader(train, True), loader(val, False), epochs=args.epochs, lr=args.lr, seed=args.seed,
-              monitor="val_acc", checkpoint_dir=str(out), progress=not args.no_progress)
-    print(history_table(res.history))
-    for ck in (res.best_checkpoint, res.last_checkpoint):
-        if ck is not None: (Path(ck) / "data.json").write_text(json.dumps(dict(data_spec, train_seconds=res.seconds), indent=1))
-    best = res.model
-    load_checkpoint(res.best_checkpoint, best)
-    report = evaluate_model(best, val, train_seconds=res.seconds)
-    print(metrics_table({f"{args.dataset}/{args.fusion_strategy}": report}))
-    print(f"best checkpoint: {res.best_checkpoint}")
-    return 0

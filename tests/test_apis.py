@@ -7,10 +7,8 @@ import base64
 import io
 import json
 import logging
-import os
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
@@ -426,7 +424,6 @@ def test_chat_response_round_trips_through_json():
 # ---------------------------------------------------------------- the local backend (tiny LLaVA)
 
 def test_local_llava_plumbing():
-    import torch
     c = get_client("local")
     assert c.base_url == "in-process" and c.cache is None
     model, proc = c.load()

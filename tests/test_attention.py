@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from mmlab.attention import (CoAttentionBlock, MultiHeadCrossAttention, load_torch_mha,
+from mmlab.attention import (CoAttentionBlock, MultiHeadAttention, load_torch_mha,
                              scaled_dot_product_attention)
 
 SETTINGS = settings(max_examples=15, deadline=None)
@@ -93,7 +93,7 @@ def test_dropout_is_unbiased():
 def test_cross_attention_matches_torch_mha(B, H, Lq, Lk, kv_dim, seed):
     torch.manual_seed(seed)
     mha = nn.MultiheadAttention(8, H, kdim=kv_dim, vdim=kv_dim, batch_first=True).eval()
-    ours = load_torch_mha(MultiHeadCrossAttention(8, H, kv_dim=kv_dim), mha).eval()
+    ours = load_torch_mha(MultiHeadAttention(8, H, kv_dim=kv_dim), mha).eval()
     x, ctx = torch.randn(B, Lq, 8), torch.randn(B, Lk, kv_dim)
     keep = torch.rand(B, Lk) > 0.3; keep[:, 0] = True
     ref_out, ref_w = mha(x, ctx, ctx, key_padding_mask=~keep, need_weights=True)
@@ -107,7 +107,7 @@ def test_cross_attention_matches_torch_mha(B, H, Lq, Lk, kv_dim, seed):
 
 def test_cross_attention_dead_rows_and_backward_on_both_paths():
     torch.manual_seed(0)
-    att = MultiHeadCrossAttention(8, 2, kv_dim=6)
+    att = MultiHeadAttention(8, 2, kv_dim=6)
     x, ctx = torch.randn(3, 4, 8), torch.randn(3, 5, 6)
     keep = torch.ones(3, 5, dtype=torch.bool); keep[2] = False   # sample 2's context is entirely missing
     for need in (False, True):
@@ -120,9 +120,9 @@ def test_cross_attention_dead_rows_and_backward_on_both_paths():
 
 
 def test_cross_attention_errors():
-    att = MultiHeadCrossAttention(8, 2, kv_dim=6)
+    att = MultiHeadAttention(8, 2, kv_dim=6)
     with pytest.raises(ValueError, match="not divisible"):
-        MultiHeadCrossAttention(9, 2)
+        MultiHeadAttention(9, 2)
     with pytest.raises(ValueError, match=r"query must be \(B, Lq, 8\), got \(2, 3, 6\)"):
         att(torch.randn(2, 3, 6), torch.randn(2, 4, 6))
     with pytest.raises(ValueError, match=r"context must be \(2, Lk, 6\)"):

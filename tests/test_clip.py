@@ -52,12 +52,12 @@ def test_to_hf_gives_same_logits():
 
 
 def test_a_wrong_mapping_is_caught():
-    "Swapping q and k in the fused projection must break parity: the test can fail."
+    "Swapping the query and key projections must break parity: the test can fail."
     hf = perturbed_hf(CONFIGS["tiny"])
     cfg = clip_cfg_from_hf(hf.config)
     sd = hf_to_mmlab_state_dict(hf.state_dict(), cfg)
-    w = sd["text.blocks.0.attn.qkv.weight"]; D = cfg.text.width
-    sd["text.blocks.0.attn.qkv.weight"] = torch.cat([w[D:2 * D], w[:D], w[2 * D:]])
+    q, k = "text.blocks.0.attn.q_proj.weight", "text.blocks.0.attn.k_proj.weight"
+    sd[q], sd[k] = sd[k], sd[q]
     ours = CLIP(cfg).eval(); ours.load_state_dict(sd)
     _, ids, mask = random_clip_inputs(hf.config, batch=3)
     with torch.no_grad():

@@ -216,7 +216,7 @@ def test_interrupted_build_leaves_nothing_half_written(lab, monkeypatch):
 
 def test_cli_doctor_reports_cpu_and_offline(lab):
     env = dict(os.environ, MMLAB_OFFLINE="true")
-    r = subprocess.run([sys.executable, "-c", "import sys; from mmlab.core import main; sys.exit(main(['doctor']))"],
+    r = subprocess.run([sys.executable, "-c", "import sys; from mmlab.cli import main; sys.exit(main(['doctor']))"],
                        capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     lines = dict(l.split(None, 1) for l in r.stdout.splitlines() if l.strip() and len(l.split(None, 1)) == 2)
@@ -227,11 +227,12 @@ def test_cli_doctor_reports_cpu_and_offline(lab):
 
 def test_cli_doctor_fails_on_broken_settings(lab):
     (lab / "settings.ini").write_text("[mmlab]\ndevice = gpu\n")
-    r = subprocess.run([sys.executable, "-c", "import sys; from mmlab.core import main; sys.exit(main(['doctor']))"],
+    r = subprocess.run([sys.executable, "-c", "import sys; from mmlab.cli import main; sys.exit(main(['doctor']))"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "device" in r.stdout and "ERROR" in r.stdout
 
 
 def test_cli_unknown_command_lists_the_known(capsys):
-    with pytest.raises(SystemExit) as e: core.main(["frobnicate"])
+    from mmlab.cli import main
+    with pytest.raises(SystemExit) as e: main(["frobnicate"])
     assert e.value.code == 2 and "doctor" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 "Tests of mmlab.fusion and mmlab.evaluate: every strategy's forward/backward, mask invariance, batch of one, errors."
+import dataclasses
 import math
 
 import pytest
@@ -6,11 +7,11 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from mmlab.data.preprocess import log_mel_spectrogram
-from mmlab.fusion import (STRATEGIES, AudioEncoder, FeatureEncoder, FusionModule, ImageEncoder, LogMel, LowRankTensorFusion,
-                          MultimodalClassifier, TextEncoder, build_classifier, check_mask_invariance, make_fusion,
+from mmlab.fusion import (STRATEGIES, AudioEncoder, FeatureEncoder, ImageEncoder, LogMel, LowRankTensorFusion,
+                          MultimodalClassifier, TextEncoder, check_mask_invariance, make_fusion,
                           modality_dropout)
 from mmlab.evaluate import ablation, evaluate_model, robustness, shapley_contributions
-from mmlab.train import BatchDataset
+from mmlab.data.schema import Batch
 
 torch.set_num_threads(1)
 DIMS = {"vision": 6, "audio": 4, "text": 5}
@@ -130,21 +131,20 @@ def test_log_mel_front_end_matches_the_data_chapter():
 
 def test_encoders_and_composed_model_round_trip():
     torch.manual_seed(0)
-    encs = {"vision": ImageEncoder(1, 16), "audio": AudioEncoder(8000, 16), "text": TextEncoder(30, 16)}
+    encs = {"vision": ImageEncoder(in_channels=1, out_dim=16), "audio": AudioEncoder(out_dim=16), "text": TextEncoder(vocab_size=30, out_dim=16)}
     model = MultimodalClassifier(encs, "gated", 10).eval()
-    batch = {"inputs": {"vision": torch.rand(3, 1, 28, 28), "audio": torch.randn(3, 2000), "text": torch.randint(1, 30, (3, 2))},
-             "mask": {"vision": torch.tensor([True, False, True]), "audio": torch.ones(3, dtype=torch.bool),
-                      "text": torch.ones(3, dtype=torch.bool)},
-             "pad_mask": {}, "labels": {"label": torch.tensor([1, 2, 3])}}
-    out = model(**batch)
+    batch = Batch({"vision": torch.rand(3, 1, 28, 28), "audio": torch.randn(3, 2000), "text": torch.randint(1, 30, (3, 2))},
+                  {"vision": torch.tensor([True, False, True]), "audio": torch.ones(3, dtype=torch.bool),
+                   "text": torch.ones(3, dtype=torch.bool)}, labels={"label": torch.tensor([1, 2, 3])})
+    out = model(batch)
     assert out.logits.shape == (3, 10) and abs(out.loss.item() - math.log(10)) < 1.0
-    again = build_classifier(model.config_dict()).eval(); again.load_state_dict(model.state_dict())
-    torch.testing.assert_close(again(**batch).logits, out.logits)
+    again = MultimodalClassifier.from_config(dataclasses.asdict(model.config)).eval(); again.load_state_dict(model.state_dict())
+    torch.testing.assert_close(again(batch).logits, out.logits)
     with pytest.raises(ValueError, match=r"vision: expected \(B, 1, H, W\)"):
-        model(**dict(batch, inputs=dict(batch["inputs"], vision=torch.rand(3, 3, 28, 28))))
+        model(dataclasses.replace(batch, inputs=dict(batch.inputs, vision=torch.rand(3, 3, 28, 28))))
     with pytest.raises(KeyError, match="the batch lacks modalities"):
-        model(inputs={"vision": batch["inputs"]["vision"]})
-    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(Batch({"vision": batch.inputs["vision"]}, {"vision": batch.mask["vision"]}))
+    with pytest.raises(ValueError, match=r"token ids must be in \[0, 30\)"):
         encs["text"](torch.tensor([[31]]))
 
 
@@ -153,17 +153,16 @@ def _feature_data(n, seed):
     y = torch.randint(0, 3, (n,), generator=g)
     a = torch.nn.functional.one_hot(y, 3).float() * 3 + 0.5 * torch.randn(n, 3, generator=g)
     ones = torch.ones(n, dtype=torch.bool)
-    return BatchDataset({"inputs": {"a": a, "b": torch.randn(n, 2, generator=g)}, "mask": {"a": ones, "b": ones.clone()},
-                         "pad_mask": {}, "labels": {"label": y}})
+    return Batch({"a": a, "b": torch.randn(n, 2, generator=g)}, {"a": ones, "b": ones.clone()}, labels={"label": y})
 
 
 def test_ablation_uses_the_mask_and_shapley_sums_up():
     torch.manual_seed(0)
-    model = MultimodalClassifier({"a": FeatureEncoder(3), "b": FeatureEncoder(2)}, "early", 3, dropout=0.0)
+    model = MultimodalClassifier({"a": FeatureEncoder(out_dim=3), "b": FeatureEncoder(out_dim=2)}, "early", 3, dropout=0.0)
     data = _feature_data(300, 0)
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(60):
-        opt.zero_grad(); model(**data.batch).loss.backward(); opt.step()
+        opt.zero_grad(); model(data).loss.backward(); opt.step()
     abl = ablation(model, data)
     assert set(abl) == {("a",), ("b",), ("a", "b")} and abl[("a", "b")] > 0.9
     phi = shapley_contributions(abl, 3)

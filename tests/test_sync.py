@@ -1,5 +1,6 @@
 "Notebooks are the source of truth: exporting and cleaning them must change nothing that is committed."
 import filecmp
+import json
 import shutil
 import subprocess
 import sys
@@ -32,3 +33,12 @@ def test_nbdev_export_and_clean_leave_no_diff(tmp_path):
         changed = _differences(ROOT / name, tmp_path / name)
         assert not changed, (f"{name}/ is out of date with the notebooks: {changed}. "
                              "Run `nbdev-export && nbdev-clean` and commit the result.")
+
+
+def test_notebooks_are_stored_without_outputs():
+    "nbval runs every cell of a notebook stored without outputs; a saved output would be compared instead."
+    stored = [f"{p.name} cell {i}" for p in sorted((ROOT / "nbs").glob("*.ipynb"))
+              for i, c in enumerate(json.loads(p.read_text())["cells"])
+              if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count") is not None)]
+    assert not stored, (f"{len(stored)} notebook cells were saved with outputs, e.g. {stored[:3]}: clear them "
+                        "(JupyterLab: Edit > Clear Outputs of All Cells) and save again")

@@ -3,7 +3,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -172,29 +171,30 @@ def test_two_process_ddp_matches_one_process_with_double_batch(tmp_path):
     (["--modalities", "vision", "vision"], "2 or more different modalities"),
 ])
 def test_train_command_rejects_unknown_names(argv, message):
-    from mmlab.train import train_main
+    from mmlab.cli import train_main
     with pytest.raises(SystemExit, match=message):
         train_main(argv)
 
 
 def test_evaluate_command_rejects_a_non_checkpoint(tmp_path):
-    from mmlab.evaluate import evaluate_main
+    from mmlab.cli import evaluate_main
     with pytest.raises(SystemExit, match="is not an mmlab checkpoint"):
         evaluate_main([str(tmp_path)])
     with pytest.raises(SystemExit):
-        from mmlab.core import main
+        from mmlab.cli import main
         main(["train", "--fusion-strategy", "nope"])
 
 
 def test_encoder_pretraining_skips_samples_without_the_modality():
     "A probe trains and is scored only on samples that have its modality (half of them here)."
     from mmlab.fusion import FeatureEncoder
-    from mmlab.train import BatchDataset, pretrain_encoders
+    from mmlab.data.schema import Batch
+    from mmlab.recipes import pretrain_encoders
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (200,), generator=g)
     x = torch.nn.functional.one_hot(y, 3).float() * 3 + 0.3 * torch.randn(200, 3, generator=g)
     has = torch.arange(200) % 2 == 0
     x[~has] = 0.0
-    data = BatchDataset({"inputs": {"a": x}, "mask": {"a": has}, "pad_mask": {}, "labels": {"label": y}})
-    accs = pretrain_encoders({"a": FeatureEncoder(3)}, data, data, {"a": "label"}, 3, epochs=4, lr=3e-2)
+    data = Batch({"a": x}, {"a": has}, labels={"label": y})
+    accs = pretrain_encoders({"a": FeatureEncoder(out_dim=3)}, data, data, {"a": "label"}, 3, epochs=4, lr=3e-2)
     assert accs["a"] > 0.9

@@ -16,15 +16,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from ..core import get_device, load_pretrained, load_tokenizer
+from ..core import load_pretrained, load_tokenizer
 from .schema import SchemaError, to_tensor
 
 # %% auto #0
 __all__ = ['PreprocessError', 'VisionPreprocessor', 'mel_filterbank', 'log_mel_spectrogram', 'load_audio', 'AudioPreprocessor',
-           'clean_text', 'TextPreprocessor', 'TextEncoder', 'write_video', 'read_video_frames', 'sample_frame_indices',
-           'VideoPreprocessor', 'SensorPreprocessor', 'synchronize']
+           'clean_text', 'TextPreprocessor', 'PretrainedTextEncoder', 'write_video', 'read_video_frames',
+           'sample_frame_indices', 'VideoPreprocessor', 'SensorPreprocessor', 'synchronize']
 
 # %% ../../nbs/01b_preprocess.ipynb #8d9129eb
 class PreprocessError(SchemaError):
@@ -210,7 +209,7 @@ class TextPreprocessor:
         return torch.tensor(self.tokenizer(s, truncation=True, max_length=self.max_length)["input_ids"])
 
 # %% ../../nbs/01b_preprocess.ipynb #4333cc6d
-class TextEncoder(torch.nn.Module):
+class PretrainedTextEncoder(torch.nn.Module):
     "Sentences -> (B, H) mean-pooled last hidden states of a transformer encoder (offline-aware loading)."
     def __init__(self, name:str="sentence-transformers/all-MiniLM-L6-v2", max_length:int=32, verbose:bool=False):
         super().__init__()

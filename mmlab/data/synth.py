@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import uuid
 from functools import lru_cache
@@ -79,7 +80,7 @@ def _tone(freqs:list[float], sr:int, n:int, rng:np.random.Generator, snr_db:floa
     return _add_noise(x * _envelope(n, rng) * rng.uniform(.3, .9), rng, snr_db)
 
 # %% ../../nbs/01c_synth.ipynb #465eec0c
-_SYNTH_VERSION = 3   # bump when a generator's output changes, so old caches are not reused
+_SYNTH_VERSION = 4   # bump when a generator's output changes, so old caches are not reused
 
 def _cache_dir(name:str, params:dict)->Path:
     key = hashlib.sha256(json.dumps([_SYNTH_VERSION, name, params], sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -226,7 +227,7 @@ def _scene_captions(c0, s0, c1, s1, relation, rng, n_captions):
     rel, inv = RELATIONS[relation]
     fill = dict(c0=c0, s0=s0, c1=c1, s1=s1, rel=rel, irel=RELATIONS[inv][0])
     pick = rng.choice(len(_CAPTION_TEMPLATES), n_captions, replace=False)
-    return [_CAPTION_TEMPLATES[j].format(**fill) for j in pick]
+    return [re.sub(r"\ba (?=[aeiou])", "an ", _CAPTION_TEMPLATES[j].format(**fill)) for j in pick]   # "an orange circle"
 
 def _scene_positions(relation, rng, s, r):
     "Centres of shape 0 and shape 1 (in canvas pixels) so that shape 0 is `relation` of shape 1."
