@@ -351,7 +351,8 @@ _RISKY_ATTRS = {"os", "sys", "subprocess", "builtins", "modules", "system", "pop
                 "showtraceback", "user_ns", "user_global_ns", "history_manager", "input_transformers_cleanup",
                 "input_transformers_post", "ast_transformers", "run_cell", "get_parent", "excepthook",
                 "displayhook", "addaudithook", "settrace", "setprofile", "ctypes", "gc", "inspect", "importlib",
-                "_current_frames", "get_objects", "get_referrers"}
+                "_current_frames", "get_objects", "get_referrers", "load", "save", "fromfile", "tofile", "loadtxt",
+                "savetxt", "genfromtxt", "memmap", "read_text", "write_text", "read_bytes", "write_bytes", "urlopen"}
 
 def review_reasons(tree:ast.Module, # the answer code that will run
                    aliases:dict[str, str], # import name -> dotted name
@@ -1317,8 +1318,16 @@ def _clean(text:str, ex:Exercise, reviews:list[str])->str:
     return text
 
 def _line_of(source:str, n:int)->str:
+    "The statement that starts on line `n` of `source`, on one line (else the line itself)."
     lines = source.splitlines()
-    return lines[n - 1].strip() if 0 < n <= len(lines) else ""
+    if not 0 < n <= len(lines): return ""
+    try: tree = ast.parse(source)
+    except SyntaxError: return lines[n - 1].strip()
+    starts = [st for st in ast.walk(tree) if isinstance(st, ast.stmt) and st.lineno == n and st.end_lineno]
+    if not starts or isinstance(starts[0], (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.While,
+                                            ast.If, ast.With, ast.Try)): return lines[n - 1].strip()
+    text = " ".join(" ".join(lines[n - 1:starts[0].end_lineno]).split()).replace("\\ ", "")
+    return text if len(text) <= 300 else text[:297] + "..."
 
 def _feedback(st:_Step, files:dict[str, str])->str:
     "What a failed visible test tells the student: the failing line, the error, the line of their answer."

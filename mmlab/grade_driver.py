@@ -145,10 +145,30 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 def install_audit_hook(report, # called with (event, detail) for each reported operation; must not be patchable
                        read_ok:tuple[str, ...] # path prefixes student code may read and list without a report
                       ):
-    "Add the audit hook that reports risky operations made while student code is on the stack."
-    import _thread
+    "Add the audit hook that reports risky operations asked for by student code."
+    import _thread, site, sysconfig
     getframe, ident, startswith = sys._getframe, _thread.get_ident, str.startswith
     busy, seen = set(), set()
+    paths = sysconfig.get_paths()
+    stdlib = tuple({os.path.realpath(paths[k]) + "/" for k in ("stdlib", "platstdlib")} | {paths[k] + "/" for k in ("stdlib", "platstdlib")})
+    ipython = sys.modules.get("IPython")             # IPython wraps `open` for the workspace: plumbing too
+    plumbing = (os.path.dirname(ipython.__file__) + "/",) if ipython else ()
+    libs = tuple(d + "/" for d in site.getsitepackages())
+
+    def asker(f, transparent):
+        "Who asked for the operation: the first frame that is not plumbing ('student', 'other', or None inside an import)."
+        depth = 0
+        while f is not None and depth < 300:
+            name = f.f_code.co_filename
+            if startswith(name, STUDENT_FILE): return "student"
+            if startswith(name, "<frozen importlib"):
+                if transparent != "import": return None
+            elif transparent == "direct" and name.endswith(_TRANSPARENT): pass
+            elif transparent != "direct" and ((startswith(name, stdlib) and not startswith(name, libs))
+                                              or startswith(name, plumbing)): pass
+            else: return "other"
+            f, depth = f.f_back, depth + 1
+        return "other"
 
     def path_of(x): return x if type(x) is str else x.decode("utf-8", "replace") if type(x) is bytes else None
 
@@ -158,20 +178,10 @@ def install_audit_hook(report, # called with (event, detail) for each reported o
         if me in busy: return
         busy.add(me)
         try:
-            f, depth, direct, student = getframe(1), 0, None, False
-            while f is not None and depth < 300:
-                name = f.f_code.co_filename
-                if startswith(name, STUDENT_FILE):
-                    student = True
-                    if direct is None: direct = True
-                    break
-                if startswith(name, "<frozen importlib"): return
-                if direct is None and not name.endswith(_TRANSPARENT): direct = False
-                f, depth = f.f_back, depth + 1
-            if not student: return
+            kind = "direct" if event in _DIRECT else "import" if event == "import" else "stdlib"
+            if asker(getframe(1), kind) != "student": return
             detail = ""
             if event in _DIRECT:
-                if not direct: return
                 if event.startswith("object."): detail = args[1] if len(args) > 1 and type(args[1]) is str else ""
                 if event == "object.__getattr__" and detail not in ("tb_frame", "gi_frame", "cr_frame", "ag_frame",
                                                                     "f_back", "__code__", "gi_code", "cr_code"): return
@@ -207,6 +217,17 @@ def _same(a, b)->bool:
     "Identity, counting two bound methods of the same function on the same object as the same."
     if a is b: return True
     return type(a).__name__ == type(b).__name__ == "method" and a.__func__ is b.__func__ and a.__self__ is b.__self__
+
+def _rewrapped(new, old)->bool:
+    "Whether `new` wraps `old` (`functools.wraps`) with no code of the student's: a library decorating its own function."
+    f = new
+    for _ in range(10):
+        code = getattr(f, "__code__", None)
+        if code is not None and code.co_filename.startswith(STUDENT_FILE): return False
+        f = getattr(f, "__wrapped__", None)
+        if f is None: return False
+        if f is old: return True
+    return False
 
 def _resolve(dotted:str):
     "The object at a dotted name, found from the loaded modules only (nothing is imported)."
@@ -263,7 +284,7 @@ class Integrity:
         changed = []
         for o, k, v in self.items.values():
             now = self._get(o, k)
-            if _same(now, v): continue
+            if _same(now, v) or _rewrapped(now, v): continue
             owner = getattr(o, "__name__", type(o).__name__)
             changed.append(f"sys.{k[6:]}" if o is sys and k.startswith("_hook_") else f"{owner}.{k}")
             if o is sys and k.startswith("_hook_"):
