@@ -188,7 +188,8 @@ def test_mixed_batch_of_attacks_and_honest_classmates(tmp_path, monkeypatch):
     f = r["flipped"]
     assert f.total < 11 and not f.review
     q = message("flipped", "q_causal")
-    assert q.startswith("line 1: assert causal_mask(3, 3).tolist() == [[True, False, False]"), q
+    assert q.startswith("line 3: assert m3.tolist() == [[True, False, False], [True, True, False], [True, True, True]], "
+                        '"row i must be True'), q
     assert "got:      [[True, True, True], [False, True, True], [False, False, True]]" in q, q
     assert "expected: [[True, False, False], [True, True, False], [True, True, True]]" in q
 
@@ -217,7 +218,7 @@ def test_mixed_batch_of_attacks_and_honest_classmates(tmp_path, monkeypatch):
     assert "output limit" in message("flood_and_patch", "q_padding")
     assert message("flood_and_patch", "q_padding_hidden") == "hidden test failed (output-limit)"
     # the lying __eq__ of exercise 06 fails its visible test
-    assert "defined in your answer" in message("liar", "q_recall") and not r["liar"].visible_passed
+    assert "must return a Python float, got Always" in message("liar", "q_recall") and not r["liar"].visible_passed
     assert r["liar"].total == 4                                    # the honest clip_loss questions only
     # a batch survives an unreadable submission
     assert r["broken"].error.startswith(str(folder / "broken_03_attention_masks.ipynb")) and r["broken"].total == 0
