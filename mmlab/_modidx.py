@@ -665,6 +665,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'mmlab.grade_driver._mmlab_truth': ('grading_driver.html#_mmlab_truth', 'mmlab/grade_driver.py'),
                                     'mmlab.grade_driver._mmlab_why': ('grading_driver.html#_mmlab_why', 'mmlab/grade_driver.py'),
                                     'mmlab.grade_driver._resolve': ('grading_driver.html#_resolve', 'mmlab/grade_driver.py'),
+                                    'mmlab.grade_driver._rewrapped': ('grading_driver.html#_rewrapped', 'mmlab/grade_driver.py'),
                                     'mmlab.grade_driver._same': ('grading_driver.html#_same', 'mmlab/grade_driver.py'),
                                     'mmlab.grade_driver._short': ('grading_driver.html#_short', 'mmlab/grade_driver.py'),
                                     'mmlab.grade_driver.apply_limits': ('grading_driver.html#apply_limits', 'mmlab/grade_driver.py'),
