@@ -281,6 +281,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'mmlab.core._tokenizer_family': ('setup.html#_tokenizer_family', 'mmlab/core.py'),
                             'mmlab.core._truthy': ('setup.html#_truthy', 'mmlab/core.py'),
                             'mmlab.core._try_hub': ('setup.html#_try_hub', 'mmlab/core.py'),
+                            'mmlab.core._umask': ('setup.html#_umask', 'mmlab/core.py'),
                             'mmlab.core._version': ('setup.html#_version', 'mmlab/core.py'),
                             'mmlab.core.atomic_dir': ('setup.html#atomic_dir', 'mmlab/core.py'),
                             'mmlab.core.atomic_write': ('setup.html#atomic_write', 'mmlab/core.py'),
