@@ -1499,8 +1499,8 @@ class _EnvGuard:
                 if p.is_file() and (p.suffix == ".pth" or p.name in ("sitecustomize.py", "usercustomize.py")
                                     or "startup" in d.parts): yield p
 
-    def snapshot(self)->dict[Path, bytes]:
-        return {p: p.read_bytes() for p in self._files()}
+    def snapshot(self)->dict[Path, tuple[bytes, int]]:
+        return {p: (p.read_bytes(), p.stat().st_mode & 0o7777) for p in self._files()}
 
     def check(self)->list[str]:
         "What changed since the guard was made, now put back; a list of review reasons."
@@ -1519,7 +1519,7 @@ class _EnvGuard:
                     except OSError: out[-1] = f"added {p} (could not remove it)"
                 else:
                     out.append(f"changed {p} (put back)")
-                    try: atomic_write(p, old)
+                    try: atomic_write(p, old[0]); p.chmod(old[1])
                     except OSError: out[-1] = f"changed {p} (could not put it back)"
             return out
 
