@@ -114,7 +114,14 @@ def test_a_batch_survives_unreadable_and_odd_notebooks(course, tmp_path):
     assert [r["error"] != "" for r in rows] == [True] * 3 + [False] * 2 and rows[0]["percent"] == ""
 
 
-def test_gradebook_neutralises_spreadsheet_formulas(tmp_path):
+def test_gradebook_neutralises_spreadsheet_formulas(course, tmp_path, monkeypatch):
+    root, _ = course
+    folder = tmp_path / "class"; folder.mkdir()
+    submission(root, "x", {DOUBLE: RIGHT_DOUBLE}).rename(folder / '=HYPERLINK("evil.example","ok")_00_toy.ipynb')
+    monkeypatch.chdir(folder)                                          # `mmlab grade .` gives paths without a folder
+    assert grade_main([".", "--solutions", str(root / "solutions"), "--cell-timeout", str(CELL_TIMEOUT)]) == 0
+    row = next(csv.DictReader(open("gradebook.csv")))
+    assert row["submission"] == "'" + '=HYPERLINK("evil.example","ok")_00_toy.ipynb' and row["total"] == "3"
     q = QuestionResult("q", 1.0, 1.0, False, "")
     r = GradeResult('=HYPERLINK("http://x","y")_00_toy.ipynb', "00_toy", 1, 1, True, [q],
                     review=True, review_reasons=["+cmd|' /C calc'!A0"], error="")
