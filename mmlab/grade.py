@@ -150,15 +150,13 @@ def bound_names(source:str, where:str="cell")->set[str]:
     return names
 
 def _module_scope_names(tree:ast.Module)->set[str]:
-    "Names bound at module scope other than by an import (function and class bodies are not looked into)."
+    "Names that a cell's top-level definitions could bind other than by an import (defs, classes, assignments)."
     out = set()
-    def visit(node):
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): out.add(child.name); continue
-            if isinstance(child, ast.Lambda): continue
-            if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store): out.add(child.id)
-            visit(child)
-    visit(tree)
+    for st in tree.body:
+        if isinstance(st, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): out.add(st.name)
+        elif isinstance(st, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            for t in st.targets if isinstance(st, ast.Assign) else [st.target]:
+                out |= {n.id for n in ast.walk(t) if isinstance(n, ast.Name)}
     return out
 
 def _span(node)->tuple[int, int, int, int]:
