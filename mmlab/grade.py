@@ -712,6 +712,11 @@ def _cgroup_parents()->tuple[str, ...]:
         try:
             parent.mkdir(exist_ok=True); probe = parent / f"probe-{os.getpid()}"; probe.mkdir(); probe.rmdir()
         except OSError: return ()
+        for stale in parent.glob("run-*"):         # left by a grader that was killed: removable once empty
+            pid = stale.name.split("-")[1]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                try: stale.rmdir()
+                except OSError: pass
         out.append(str(parent))
     return tuple(out)
 
