@@ -69,6 +69,10 @@ def check(results, kinds)->Counter:
         ok = {"right": r.total == r.max and not r.review, "partly wrong": 0 < r.total < r.max,
               "hanging": r.total < r.max, "tampering": r.total < r.max or r.review}[kind]
         out[(kind, ok)] += 1
+        if not ok:
+            why = next((q.message for q in r.questions if q.score < q.max), r.error)
+            print(f"  unexpected for a {kind} submission: {Path(r.submission).name} scored {r.total:g}/{r.max:g}"
+                  f"{' (review)' if r.review else ''}: {' '.join(why.split())[:160]}", flush=True)
     return out
 
 
