@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from .core import atomic_write, doctor, format_table, seed_everything
+from .core import OPTIONAL_PARTS, MissingExtraError, atomic_write, doctor, format_table, seed_everything
 
 # %% auto #0
 __all__ = ['COMMANDS', 'main', 'doctor_main', 'train_main', 'evaluate_main']
@@ -38,7 +38,13 @@ def main(argv:list[str]|None=None # arguments after `mmlab`; sys.argv[1:] if Non
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments of the command (see mmlab COMMAND --help)")
     ns = parser.parse_args(argv)
     mod, fn, _ = COMMANDS[ns.command]
-    return int(getattr(importlib.import_module(mod), fn)(ns.args) or 0)
+    try: return int(getattr(importlib.import_module(mod), fn)(ns.args) or 0)
+    except MissingExtraError as e: raise SystemExit(f"mmlab {ns.command}: {e}") from None
+    except ModuleNotFoundError as e:                     # an optional package imported at the top of a module
+        top = (e.name or "").split(".")[0]
+        if top not in OPTIONAL_PARTS: raise
+        raise SystemExit(f"mmlab {ns.command} needs the package {top!r}, which is not installed: "
+                         f"pip install 'mmlab[{OPTIONAL_PARTS[top][0]}]'") from None
 
 def doctor_main(argv:list[str])->int:
     "`mmlab doctor`: see `mmlab.core.doctor`."

@@ -141,7 +141,12 @@ class TextTower(nn.Module):
     def forward(self, input_ids:Tensor, # (B, L) token ids
                 attention_mask:Tensor|None=None # (B, L) 1 for tokens, 0 for padding
                )->Tensor: # (B, D) the state at the end-of-text token
+        if input_ids.ndim != 2 or input_ids.is_floating_point():
+            raise ValueError(f"text: expected (B, L) integer token ids, got {input_ids.dtype} {tuple(input_ids.shape)}")
         B, L = input_ids.shape
+        if L == 0: raise ValueError(f"text: empty sequences (input_ids of shape {tuple(input_ids.shape)})")
+        if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.c.vocab_size):
+            raise ValueError(f"text: token ids must be in [0, {self.c.vocab_size}), got {int(input_ids.min())}..{int(input_ids.max())}")
         if L > self.c.context_length:
             raise ValueError(f"text: {L} tokens do not fit the context length {self.c.context_length}")
         x = self.token_embed(input_ids) + self.pos_embed[:L]                                # (B, L, D)

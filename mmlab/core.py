@@ -26,12 +26,35 @@ import torch
 
 # %% auto #0
 __all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'CHECKPOINTS', 'COURSE_WORDS', 'TINY_TOKENIZERS',
-           'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'SettingsError', 'Settings', 'find_settings_file', 'settings',
-           'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
+           'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'format_table', 'SettingsError', 'Settings', 'find_settings_file',
+           'settings', 'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
            'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config', 'tiny_vit_config',
-           'tiny_gpt2_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir', 'tiny_checkpoint',
-           'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor', 'load_processor',
-           'format_table', 'doctor']
+           'tiny_gpt2_config', 'tiny_llava_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir',
+           'tiny_checkpoint', 'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor',
+           'load_processor', 'MissingExtraError', 'require', 'doctor']
+
+# %% ../nbs/00_setup.ipynb #bd23a576
+def _cell(v, digits:int)->str:
+    if v is None: return "-"
+    if isinstance(v, bool): return str(v)
+    if isinstance(v, (int, np.integer)): return f"{v:,}"
+    if isinstance(v, (float, np.floating)): return f"{v:.{digits}f}"
+    if isinstance(v, torch.Tensor) and v.numel() == 1: return _cell(v.item(), digits)
+    return str(v)
+
+def format_table(rows:list[dict], # one dict per row; keys are column names (missing keys print as '-')
+                 digits:int|dict[str, int]=3, # decimals of floats: one for all, or {column: decimals} (others 3)
+                 columns:list[str]|None=None # which columns, in which order; all keys in first-seen order if None
+                )->str:
+    "Rows of dicts as an aligned text table: numbers right-aligned with fixed decimals, text left-aligned."
+    if not rows: return "(no rows)"
+    cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
+    dig = (lambda c: digits.get(c, 3)) if isinstance(digits, dict) else (lambda c: digits)
+    cells = [[_cell(r.get(c), dig(c)) for c in cols] for r in rows]
+    numeric = [all(isinstance(r.get(c), (int, float, np.number)) or r.get(c) is None for r in rows) for c in cols]
+    widths = [max(len(str(c)), *(len(row[j]) for row in cells)) for j, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()
+    return "\n".join([line([str(c) for c in cols])] + [line(row) for row in cells])
 
 # %% ../nbs/00_setup.ipynb #d18199b9
 class SettingsError(ValueError):
@@ -48,7 +71,9 @@ DEFAULT_SETTINGS = {
 }
 
 # %% ../nbs/00_setup.ipynb #41bc9348
-def _parse_path(v, base): return (Path(base) / Path(v).expanduser()).resolve()
+def _parse_path(v, base):
+    if not v.strip(): raise ValueError("a directory path (it is empty)")
+    return (Path(base) / Path(v.strip()).expanduser()).resolve()
 
 def _parse_choice(*allowed):
     def parse(v, base):
@@ -64,19 +89,21 @@ def _parse_device(v, base):
         raise ValueError("one of auto, cpu, cuda, cuda:N, mps")
     return v
 
-def _parse_int(v, base):
-    try: return int(v)
-    except ValueError: raise ValueError("an integer") from None
+def _parse_seed(v, base):
+    try: x = int(v)
+    except ValueError: raise ValueError("an integer seed from 0 to 2**32 - 1") from None
+    if not 0 <= x < 2**32: raise ValueError("an integer seed from 0 to 2**32 - 1 (NumPy's range)")
+    return x
 
 def _parse_seconds(v, base):
     try: x = float(v)
-    except ValueError: raise ValueError("a finite, positive number of seconds") from None
-    if not (math.isfinite(x) and x > 0): raise ValueError("a finite, positive number of seconds")
+    except ValueError: raise ValueError("a positive number of seconds") from None
+    if not (math.isfinite(x) and x > 0): raise ValueError("a positive, finite number of seconds")
     return x
 
 _PARSERS = {"data_dir": _parse_path, "cache_dir": _parse_path,
             "offline": _parse_choice("auto", "true", "false"), "device": _parse_device,
-            "seed": _parse_int, "grade_cell_timeout": _parse_seconds, "grade_total_timeout": _parse_seconds}
+            "seed": _parse_seed, "grade_cell_timeout": _parse_seconds, "grade_total_timeout": _parse_seconds}
 
 # %% ../nbs/00_setup.ipynb #b27d6835
 @dataclass(frozen=True)
@@ -92,6 +119,14 @@ class Settings:
     source: str                  # where the values came from (file, defaults, env overrides)
 
 # %% ../nbs/00_setup.ipynb #0d9e6808
+def _read_ini(f:Path)->configparser.ConfigParser:
+    "Parse an ini file without interpolation (a '%' is just a character); a clear SettingsError when it cannot be read."
+    cp = configparser.ConfigParser(interpolation=None)
+    try: cp.read_string(f.read_text(encoding="utf-8"), source=str(f))
+    except UnicodeDecodeError: raise SettingsError(f"cannot read {f}: it is not UTF-8 text") from None
+    except configparser.Error as e: raise SettingsError(f"cannot parse {f}: {str(e).splitlines()[0]}") from None
+    return cp
+
 def find_settings_file(start:Path|str|None=None # directory to start from; the working directory if None
                       )->Path|None: # nearest settings.ini with an [mmlab] section, or None
     "The nearest `settings.ini` with an `[mmlab]` section, searching upward from `start`."
@@ -99,10 +134,7 @@ def find_settings_file(start:Path|str|None=None # directory to start from; the w
     for p in (d, *d.parents):
         f = p / "settings.ini"
         if f.is_file():
-            cp = configparser.ConfigParser()
-            try: cp.read(f)
-            except configparser.Error as e: raise SettingsError(f"cannot parse {f}: {e}") from None
-            if cp.has_section("mmlab"): return f
+            if _read_ini(f).has_section("mmlab"): return f
     return None
 
 # %% ../nbs/00_setup.ipynb #ce880879
@@ -113,7 +145,7 @@ def settings(start:Path|str|None=None # directory to search upward from; the wor
     f = find_settings_file(start)
     sources = ["packaged defaults"]
     if f is not None:
-        cp = configparser.ConfigParser(); cp.read(f)
+        cp = _read_ini(f)
         unknown = set(cp["mmlab"]) - set(DEFAULT_SETTINGS)
         if unknown:
             raise SettingsError(f"unknown key(s) {sorted(unknown)} in [mmlab] of {f}; "
@@ -246,6 +278,14 @@ def tiny_gpt2_config():
     return GPT2Config(vocab_size=TINY_VOCAB_SIZE, n_positions=128, n_embd=64, n_layer=2, n_head=4,
                       bos_token_id=0, eos_token_id=0, pad_token_id=0)
 
+@register_tiny_config("llava")
+def tiny_llava_config():
+    "LLaVA-1.5's wiring (a CLIP vision tower, a projector, a Llama) at the tiny size; token ids follow the tiny llava tokenizer."
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+    text = LlamaConfig(**_TINY_TEXT, num_key_value_heads=4, max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    return LlavaConfig(vision_config=CLIPVisionConfig(**_TINY_VISION, projection_dim=64), text_config=text, image_token_index=4,
+                       vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu")
+
 # %% ../nbs/00_setup.ipynb #f1d9df48
 for _name, _mt, _tok in [
     ("openai/clip-vit-base-patch32", "clip", "clip"), ("openai/clip-vit-base-patch16", "clip", "clip"),
@@ -256,6 +296,7 @@ for _name, _mt, _tok in [
     ("dandelin/vilt-b32-mlm", "vilt", "wordpiece"), ("dandelin/vilt-b32-finetuned-vqa", "vilt", "wordpiece"),
     ("google/vit-base-patch16-224", "vit", None), ("google/vit-base-patch16-224-in21k", "vit", None),
     ("gpt2", "gpt2", "bytebpe"), ("openai-community/gpt2", "gpt2", "bytebpe"),
+    ("llava-hf/llava-1.5-7b-hf", "llava", "llava"), ("llava-hf/llava-1.5-13b-hf", "llava", "llava"),
 ]: register_checkpoint(_name, _mt, _tok)
 
 # %% ../nbs/00_setup.ipynb #0377b517
@@ -335,6 +376,16 @@ def _tiny_bytebpe_tokenizer(d:Path):
                             show_progress=False)
     PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                             pad_token="<|endoftext|>", unk_token="<|endoftext|>", model_max_length=128).save_pretrained(d)
+
+@register_tiny_tokenizer("llava")
+def _tiny_llava_tokenizer(d:Path):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+    tok = ByteLevelBPETokenizer()       # specials get ids 0..4, as tiny_llava_config expects
+    tok.train_from_iterator(_tiny_corpus(), vocab_size=TINY_VOCAB_SIZE, special_tokens=["<unk>", "<s>", "</s>", "<pad>", "<image>"],
+                            show_progress=False)
+    PreTrainedTokenizerFast(tokenizer_object=tok._tokenizer, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                            pad_token="<pad>", model_max_length=512).save_pretrained(d)
 
 # %% ../nbs/00_setup.ipynb #1d6b7657
 def _umask()->int:
@@ -496,6 +547,16 @@ def _tiny_vilt_processor(tokenizer):
     images = ViltImageProcessor(size={"shortest_edge": n, "longest_edge": n}, size_divisor=_TINY_VISION["patch_size"])
     return ViltProcessor(image_processor=images, tokenizer=tokenizer)
 
+@register_tiny_processor("llava")
+def _tiny_llava_processor(tokenizer):
+    import transformers
+    from transformers import LlavaProcessor
+    n = _TINY_VISION["image_size"]   # the PIL image processor: the default one wants torchvision
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+    images = cls(size={"shortest_edge": n}, crop_size={"height": n, "width": n})
+    return LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=_TINY_VISION["patch_size"],
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1, image_token="<image>")
+
 # %% ../nbs/00_setup.ipynb #b5c55261
 def load_processor(name:str, # a Hub checkpoint name or a local directory
                    verbose:bool=True, # print the one line saying which processor was loaded
@@ -519,36 +580,29 @@ def load_processor(name:str, # a Hub checkpoint name or a local directory
     _say(verbose, msg)
     return proc
 
-# %% ../nbs/00_setup.ipynb #bd23a576
-def _cell(v, digits:int)->str:
-    if v is None: return "-"
-    if isinstance(v, bool): return str(v)
-    if isinstance(v, (int, np.integer)): return f"{v:,}"
-    if isinstance(v, (float, np.floating)): return f"{v:.{digits}f}"
-    if isinstance(v, torch.Tensor) and v.numel() == 1: return _cell(v.item(), digits)
-    return str(v)
-
-def format_table(rows:list[dict], # one dict per row; keys are column names (missing keys print as '-')
-                 digits:int|dict[str, int]=3, # decimals of floats: one for all, or {column: decimals} (others 3)
-                 columns:list[str]|None=None # which columns, in which order; all keys in first-seen order if None
-                )->str:
-    "Rows of dicts as an aligned text table: numbers right-aligned with fixed decimals, text left-aligned."
-    if not rows: return "(no rows)"
-    cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in rows for k in r))
-    dig = (lambda c: digits.get(c, 3)) if isinstance(digits, dict) else (lambda c: digits)
-    cells = [[_cell(r.get(c), dig(c)) for c in cols] for r in rows]
-    numeric = [all(isinstance(r.get(c), (int, float, np.number)) or r.get(c) is None for r in rows) for c in cols]
-    widths = [max(len(str(c)), *(len(row[j]) for row in cells)) for j, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()
-    return "\n".join([line([str(c) for c in cols])] + [line(row) for row in cells])
-
 # %% ../nbs/00_setup.ipynb #b27a184e
-OPTIONAL_PARTS = {   # import name -> what the course uses it for
-    "datasets": "generated datasets (Arrow)", "librosa": "audio features", "soundfile": "audio files",
-    "av": "video files (PyAV)", "sklearn": "CCA, t-SNE, probes", "matplotlib": "plots",
-    "accelerate": "training loop, multi-GPU", "faiss": "vector search", "openai": "OpenAI API",
-    "anthropic": "Anthropic API", "google.genai": "Gemini API", "nbdev": "notebook export", "nbval": "notebook tests",
+OPTIONAL_PARTS = {   # import name -> (the extra that installs it, what the course uses it for)
+    "datasets": ("data", "generated datasets (Arrow)"), "librosa": ("data", "audio features"),
+    "soundfile": ("data", "audio files"), "av": ("data", "video files (PyAV)"), "sklearn": ("data", "CCA, t-SNE, probes"),
+    "matplotlib": ("data", "plots"), "accelerate": ("train", "training loop, multi-GPU"), "optuna": ("train", "hyperparameter search"),
+    "faiss": ("search", "vector search"), "openai": ("apis", "OpenAI API"), "anthropic": ("apis", "Anthropic API"),
+    "google.genai": ("apis", "Gemini API"), "nbformat": ("dev", "reading notebooks (grading)"),
+    "nbclient": ("dev", "running notebooks (grading)"), "nbdev": ("dev", "notebook export"), "nbval": ("dev", "notebook tests"),
 }
+
+class MissingExtraError(ImportError):
+    "An optional package a function needs is not installed; the message names the pip extra that installs it."
+
+def require(module:str, # the import name, e.g. 'datasets'
+            needed_for:str # what needs it, e.g. 'make_trimodal'
+           ):
+    "Import an optional package, or raise MissingExtraError naming the extra that installs it."
+    try: return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name is not None and e.name.split(".")[0] != module.split(".")[0]: raise   # a different package is missing
+        extra = (OPTIONAL_PARTS.get(module) or OPTIONAL_PARTS.get(module.split(".")[0]) or ("course", ""))[0]
+        raise MissingExtraError(f"{needed_for} needs the package {module!r}, which is not installed: "
+                                f"pip install 'mmlab[{extra}]' (or 'mmlab[course]' for everything)") from None
 
 def _version(mod:str)->str|None:
     try: m = importlib.import_module(mod)
@@ -556,7 +610,7 @@ def _version(mod:str)->str|None:
     return getattr(m, "__version__", None) or "installed"
 
 def doctor()->int:
-    "Print what the course will run with; 0 when the core (torch, transformers, settings) works."
+    "Print what the course will run with; 0 when the library works (torch, transformers, settings), whatever is optional."
     import transformers
     from mmlab import __version__
     ok = True
@@ -569,10 +623,16 @@ def doctor()->int:
                  ("settings", s.source), ("cache_dir", str(s.cache_dir)), ("data_dir", str(s.data_dir))]
     except (SettingsError, RuntimeError) as e:
         rows.append(("settings", f"ERROR: {e}")); ok = False
-    for mod, why in OPTIONAL_PARTS.items():
+    missing = []
+    for mod, (extra, why) in OPTIONAL_PARTS.items():
         v = _version(mod)
-        rows.append((mod, f"{v}  ({why})" if v else f"missing  ({why}; pip install 'mmlab[course]')"))
+        if not v: missing.append(extra)
+        rows.append((mod, f"{v}  ({why})" if v else f"missing  ({why}; pip install 'mmlab[{extra}]')"))
     w = max(len(k) for k, _ in rows)
     for k, v in rows: print(f"{k:<{w}}  {v}")
-    print("the course can run here" if ok else "the course cannot run here: fix the lines marked ERROR")
+    if not ok: print("the library cannot run here: fix the lines marked ERROR")
+    elif missing:
+        print(f"the library works here; the whole course needs {len(missing)} more package(s): "
+              f"pip install 'mmlab[{','.join(dict.fromkeys(missing))}]' (or 'mmlab[course]')")
+    else: print("the library works here, and the whole course can run")
     return 0 if ok else 1

@@ -18,6 +18,8 @@ from PIL import Image
 from .data.preprocess import log_mel_spectrogram
 from .data.schema import course_vocab, encode_words
 
+from .core import require
+
 # %% auto #0
 __all__ = ['image_features', 'audio_features', 'text_features', 'dataset_features', 'ProbeResult', 'probe', 'probe_table',
            'format_probe_table', 'canonical_correlations', 'embed_2d', 'plot_embeddings']
@@ -142,6 +144,7 @@ def canonical_correlations(X:np.ndarray, Z:np.ndarray, # (N, Dx), (N, Dz) featur
                            n_train:int, # rows used to fit; correlations are measured on the rest
                            n_components:int=3)->np.ndarray: # (n_components,) held-out correlations
     "Held-out correlation of each canonical pair found by scikit-learn's CCA."
+    require("sklearn", "canonical_correlations")
     from sklearn.cross_decomposition import CCA
     from sklearn.decomposition import PCA
     from sklearn.preprocessing import StandardScaler
@@ -169,7 +172,7 @@ def embed_2d(X:np.ndarray, method:str="pca", seed:int=0)->np.ndarray: # (N, 2)
 def plot_embeddings(panels:list[tuple], # (title, (N, 2) points, (N,) labels) per panel
                     ncols:int=4):
     "Scatter plots coloured by label, with a legend of the labels; returns the figure."
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "plot_embeddings")
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3 * nrows), squeeze=False)
     for ax, (title, P, y) in zip(axes.ravel(), panels):

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .core import require
 from .data.schema import Batch
 
 # %% auto #0
@@ -65,15 +66,20 @@ def _labels(pred:dict, data:Batch)->Tensor:
                          "not the one the model learns")
     return pred["labels"]
 
+def _accuracy(pred:dict, data:Batch)->float:
+    "Fraction of correct predictions, counted exactly (a float64 mean: the same number everywhere it is printed)."
+    return float((pred["logits"].argmax(-1) == _labels(pred, data)).double().mean())
+
 def evaluate_model(model:nn.Module, data:Batch, present:list[str]|None=None,
                    train_seconds:float|None=None, class_names:list[str]|None=None)->EvalReport:
     "Accuracy, macro-F1, confusion matrix and per-class report of `model` on `data`."
+    require("sklearn", "evaluate_model")
     from sklearn.metrics import classification_report, confusion_matrix, f1_score
     pred = predict(model, data, present)
     y, p = _labels(pred, data).numpy(), pred["logits"].argmax(-1).numpy()
     C = pred["logits"].shape[1]
     names = class_names or [str(c) for c in range(C)]
-    return EvalReport(float((y == p).mean()), float(f1_score(y, p, average="macro", labels=list(range(C)), zero_division=0)),
+    return EvalReport(_accuracy(pred, data), float(f1_score(y, p, average="macro", labels=list(range(C)), zero_division=0)),
                       sum(q.numel() for q in model.parameters() if q.requires_grad), train_seconds,
                       confusion_matrix(y, p, labels=list(range(C))),
                       classification_report(y, p, labels=list(range(C)), target_names=names, zero_division=0, digits=3))
@@ -90,7 +96,7 @@ def metrics_table(reports:dict[str, EvalReport])->str:
 
 def plot_confusion(cm:np.ndarray, class_names:list[str]|None=None, title:str="confusion matrix"): # -> Figure
     "The confusion matrix as a heat map with counts."
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "the evaluation plots")
     C = len(cm); names = class_names or [str(c) for c in range(C)]
     fig, ax = plt.subplots(figsize=(0.45 * C + 2, 0.45 * C + 1.6))
     ax.imshow(cm, cmap="Blues")
@@ -108,7 +114,7 @@ def ablation(model:nn.Module, data:Batch)->dict[tuple[str, ...], float]:
     for k in range(1, len(mods) + 1):
         for subset in itertools.combinations(mods, k):
             pred = predict(model, data, list(subset))
-            out[subset] = (pred["logits"].argmax(-1) == _labels(pred, data)).float().mean().item()
+            out[subset] = _accuracy(pred, data)
     return out
 
 def shapley_contributions(accs:dict[tuple[str, ...], float], # from `ablation`
@@ -132,7 +138,7 @@ def robustness(model:nn.Module, data:Batch)->dict[str, float]:
     res = {}
     for name, keep in [("all", mods)] + [(f"-{m}", [x for x in mods if x != m]) for m in mods]:
         pred = predict(model, data, keep)
-        res[name] = (pred["logits"].argmax(-1) == _labels(pred, data)).float().mean().item()
+        res[name] = _accuracy(pred, data)
     return res
 
 def robustness_table(results:dict[str, dict[str, float]])->str:
@@ -156,7 +162,7 @@ def modality_weight_table(model:nn.Module, data:Batch)->np.ndarray|None:
 def plot_attention(weights:np.ndarray|Tensor, # (rows, cols)
                    row_labels:list[str], col_labels:list[str], title:str="attention"): # -> Figure
     "A weight matrix as a heat map with labelled rows and columns."
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "the evaluation plots")
     w = weights.detach().cpu().numpy() if torch.is_tensor(weights) else np.asarray(weights)
     if w.shape != (len(row_labels), len(col_labels)):
         raise ValueError(f"weights of shape {w.shape} do not match {len(row_labels)} row and {len(col_labels)} column labels")

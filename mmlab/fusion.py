@@ -261,7 +261,9 @@ class TransformerFusion(FusionModule):
             out = layer(x, mask=keys, need_weights=i == len(self.layers) - 1)
             x, w = out.hidden, out.self_weights
         cls_w = w[:, :, 0, 1:]                                                    # (B, H, M): CLS over modalities
-        return FusionOutput(self.head(self.norm(x[:, 0])), attention=w, modality_weights=cls_w.mean(1))
+        share = cls_w.mean(1)                                                     # (B, M) of CLS's attention, head-averaged
+        share = share / share.sum(1, keepdim=True).clamp(min=1e-12)               # the share that goes to each modality
+        return FusionOutput(self.head(self.norm(x[:, 0])), attention=w, modality_weights=share)
 
 # %% ../nbs/04_fusion.ipynb #a555945a
 @dataclass
@@ -292,7 +294,7 @@ class CrossModalFusion(FusionModule):
                 if j == m: continue
                 keys = present[:, idx[j], None].expand(-1, T)                     # (B, T) j's tokens present?
                 a = self.cross[f"{m}->{j}"](toks[:, idx[m]], toks[:, idx[j]], mask=keys, need_weights=not self.training)
-                r = r + a.output
+                r = r + a.output * present[:, idx[j], None, None]                # absent j: not even out_proj's bias
                 if a.weights is not None: weights[f"{m}->{j}"] = a.weights       # (B, H, T, T)
             reps.append(self.norm(r).mean(1))                                     # (B, h)
         reps = torch.stack(reps, 1)                                               # (B, M, h)
@@ -337,11 +339,12 @@ class LowRankTensorFusion(FusionModule):
         self.rank_weights = nn.Parameter(torch.full((rank,), 1.0 / rank))
         self.head = _head(self.hidden, self.hidden, num_classes, self.config.dropout)
     def forward(self, inputs, mask=None)->FusionOutput:
-        xs, _ = self._prepare(inputs, mask)
+        xs, present = self._prepare(inputs, mask)
         f = None
-        for m, x in zip(self.modalities, xs):
+        for k, (m, x) in enumerate(zip(self.modalities, xs)):
             x1 = torch.cat([x, torch.ones_like(x[:, :1])], -1)                    # (B, D_m + 1)
             fm = torch.einsum("bd,rdh->brh", x1, self.factors[m])                  # (B, r, h)
+            fm = torch.where(present[:, k, None, None], fm, torch.ones_like(fm))   # absent: the product's identity
             f = fm if f is None else f * fm
         return FusionOutput(self.head(torch.einsum("brh,r->bh", f, self.rank_weights)))
 

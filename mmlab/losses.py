@@ -41,13 +41,22 @@ class LogitScale(nn.Module):
     def temperature(self)->float: return float(torch.exp(-self().detach()))
 
 # %% ../nbs/06_contrastive.ipynb #065759e9
+def _check_finite(name:str, t:Tensor):
+    "NaN or inf embeddings make every loss NaN: refuse them with a count (an overflow upstream is the usual cause)."
+    bad = int((~torch.isfinite(t)).sum())
+    if bad: raise ValueError(f"{name} has {bad} NaN/inf value(s) of {t.numel()}; the loss would be NaN")
+
 def _check_pairs(image_embeds:Tensor, text_embeds:Tensor):
+    if not (torch.is_tensor(image_embeds) and torch.is_tensor(text_embeds)):
+        raise TypeError(f"image_embeds and text_embeds must be tensors; got {type(image_embeds).__name__} and {type(text_embeds).__name__}")
     if image_embeds.ndim != 2 or text_embeds.ndim != 2:
         raise ValueError(f"image_embeds and text_embeds must be (B, D); got image {tuple(image_embeds.shape)}, "
                          f"text {tuple(text_embeds.shape)}")
     if image_embeds.shape != text_embeds.shape:
         raise ValueError(f"image and text embeddings must have the same shape (B, D); got image "
                          f"{tuple(image_embeds.shape)}, text {tuple(text_embeds.shape)}")
+    if len(image_embeds) == 0: raise ValueError("the batch is empty (B = 0): a contrastive loss needs at least one pair")
+    _check_finite("image_embeds", image_embeds); _check_finite("text_embeds", text_embeds)
 
 def clip_logits(image_embeds:Tensor, # (B, D) image embeddings
                 text_embeds:Tensor, # (M, D) text embeddings
@@ -70,6 +79,8 @@ def clip_loss(image_embeds:Tensor, # (B, D) image embeddings of B pairs
              )->Tensor: # () the symmetric InfoNCE loss
     "The symmetric CLIP / InfoNCE loss: mean of the image->text and text->image cross-entropies."
     _check_pairs(image_embeds, text_embeds)
+    s = logit_scale.detach() if torch.is_tensor(logit_scale) else torch.tensor(float(logit_scale))
+    if s.numel() != 1 or not torch.isfinite(s): raise ValueError(f"logit_scale must be one finite number, got {s.tolist()}")
     if gather: image_embeds, text_embeds = gather_with_grad(image_embeds), gather_with_grad(text_embeds)
     logits = clip_logits(image_embeds, text_embeds, logit_scale, normalize)   # (B, B)
     target = torch.arange(len(logits), device=logits.device)
@@ -143,6 +154,9 @@ def supcon_loss(embeds:Tensor, # (N, D) embeddings (any modality, or several vie
     "Supervised contrastive loss: every other row with the same label is a positive of the anchor."
     if embeds.ndim != 2 or labels.shape != embeds.shape[:1]:
         raise ValueError(f"embeds must be (N, D) and labels (N,); got embeds {tuple(embeds.shape)}, labels {tuple(labels.shape)}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    _check_finite("embeds", embeds)
     z = F.normalize(embeds, dim=-1) if normalize else embeds
     logits = z @ z.T / temperature                                           # (N, N)
     self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
@@ -153,7 +167,10 @@ def supcon_loss(embeds:Tensor, # (N, D) embeddings (any modality, or several vie
     has_pos = n_pos > 0
     if not has_pos.any(): raise ValueError("no anchor has a positive: every label occurs once in the batch")
     per_anchor = -(log_prob.masked_fill(~pos, 0.0)).sum(1)[has_pos] / n_pos[has_pos]
-    return per_anchor.mean()
+    loss = per_anchor.mean()
+    if not torch.isfinite(loss):
+        raise ValueError(f"the loss overflowed: similarities / temperature {temperature} exceed the range of {logits.dtype}")
+    return loss
 
 # %% ../nbs/06_contrastive.ipynb #575dc0fc
 def triplet_loss(image_embeds:Tensor, # (B, D) anchors of one modality
@@ -163,6 +180,7 @@ def triplet_loss(image_embeds:Tensor, # (B, D) anchors of one modality
                 )->Tensor: # () mean hinge over both directions
     "VSE++ triplet loss with the hardest in-batch negative, image->text and text->image."
     _check_pairs(image_embeds, text_embeds)
+    if not (math.isfinite(margin) and margin >= 0): raise ValueError(f"margin must be >= 0, got {margin!r}")
     if len(image_embeds) < 2: raise ValueError(f"the hardest negative needs a batch of at least 2; got {len(image_embeds)}")
     if normalize: image_embeds, text_embeds = F.normalize(image_embeds, dim=-1), F.normalize(text_embeds, dim=-1)
     sim = image_embeds @ text_embeds.T                                       # (B, B)

@@ -22,8 +22,8 @@ from .fusion import Encoder, MultimodalClassifier
 from .train import ClassifierOutput, fit, load_checkpoint, read_checkpoint_meta
 
 # %% auto #0
-__all__ = ['DATASETS', 'CourseDataset', 'collate_all', 'build_data', 'UnimodalProbe', 'pretrain_encoders', 'encode_batch',
-           'load_trained']
+__all__ = ['DATASETS', 'MAX_SAMPLES', 'CourseDataset', 'collate_all', 'check_data_spec', 'build_data', 'UnimodalProbe',
+           'pretrain_encoders', 'encode_batch', 'load_trained']
 
 # %% ../nbs/04d_fusion_experiment.ipynb #b61c4265
 @dataclass
@@ -57,13 +57,32 @@ def collate_all(ds, # a datasets.Dataset from mmlab.data.synth
     col = Collate(modalities, shapes=shapes, label_columns=label_columns)
     return Batch.cat([col([ds[i] for i in range(a, min(a + chunk, len(ds)))]) for a in range(0, len(ds), chunk)])
 
+MAX_SAMPLES = 100_000   # a data spec asking for more is refused (a typo, or a tampered data.json), not run for hours
+
+def check_data_spec(data_spec:dict)->CourseDataset:
+    "The CourseDataset of a data spec {dataset, modalities, n_train, n_val, seed}, after checking every field."
+    if not isinstance(data_spec, dict): raise ValueError(f"a data spec is a dict, got {type(data_spec).__name__}")
+    missing = sorted({"dataset", "modalities", "n_train", "n_val", "seed"} - set(data_spec))
+    if missing: raise ValueError(f"the data spec lacks {missing}")
+    if data_spec["dataset"] not in DATASETS:
+        raise KeyError(f"unknown dataset {data_spec['dataset']!r}; valid datasets: {', '.join(DATASETS)}")
+    spec = DATASETS[data_spec["dataset"]]
+    mods = data_spec["modalities"]
+    if not isinstance(mods, list) or not mods or any(m not in spec.modalities for m in mods):
+        raise ValueError(f"modalities {mods!r}: expected a list of {', '.join(spec.modalities)}")
+    for k in ("n_train", "n_val"):
+        v = data_spec[k]
+        if not (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SAMPLES):
+            raise ValueError(f"{k} must be an integer from 1 to {MAX_SAMPLES:,}, got {v!r}")
+    if not (isinstance(data_spec["seed"], int) and 0 <= data_spec["seed"] < 2**32 - 1):
+        raise ValueError(f"seed must be an integer from 0 to 2**32 - 2, got {data_spec['seed']!r}")
+    return spec
+
 def build_data(data_spec:dict # {dataset, modalities, n_train, n_val, seed}
               )->tuple[Batch, Batch]:
     "Training and validation Batches of a course dataset (validation drawn with seed + 1)."
     from mmlab.data import synth
-    if data_spec.get("dataset") not in DATASETS:
-        raise KeyError(f"unknown dataset {data_spec.get('dataset')!r}; valid datasets: {', '.join(DATASETS)}")
-    spec = DATASETS[data_spec["dataset"]]
+    spec = check_data_spec(data_spec)
     make = getattr(synth, spec.make)
     mods = list(data_spec["modalities"])
     cols = ["label", *sorted(set(spec.targets[m] for m in mods) - {"label"})]
@@ -125,5 +144,10 @@ def load_trained(checkpoint:str|Path # a best/ or last/ directory, or the run di
     except (TypeError, KeyError, ValueError) as e:
         raise ValueError(f"checkpoint {ck}: its model config does not describe a MultimodalClassifier ({e})") from None
     load_checkpoint(ck, model)
-    data = json.loads((ck / "data.json").read_text()) if (ck / "data.json").is_file() else None
+    data = None
+    if (ck / "data.json").is_file():
+        try: data = json.loads((ck / "data.json").read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e: raise ValueError(f"{ck / 'data.json'} is not valid JSON ({e})") from None
+        try: check_data_spec(data)
+        except (KeyError, ValueError) as e: raise ValueError(f"{ck / 'data.json'} does not describe a course dataset: {e}") from None
     return model.eval(), {"checkpoint": ck, "data": data, "trainer": meta["trainer"]}

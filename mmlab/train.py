@@ -22,17 +22,17 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, save_file, save_model
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .core import atomic_dir, autocast_dtype, format_table, get_device, seed_everything
+from .core import atomic_dir, autocast_dtype, format_table, get_device, require, seed_everything
 from .data.schema import Batch
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FILES', 'warmup_cosine', 'param_groups', 'save_checkpoint', 'read_checkpoint_meta', 'load_checkpoint',
-           'EpochShuffleSampler', 'FitConfig', 'FitResult', 'default_forward', 'fit', 'ClassifierOutput',
-           'MLPClassifier', 'history_table', 'plot_history', 'tune']
+__all__ = ['CHECKPOINT_FILES', 'warmup_cosine', 'param_groups', 'save_checkpoint', 'CheckpointError', 'read_checkpoint_meta',
+           'load_checkpoint', 'EpochShuffleSampler', 'FitConfig', 'FitResult', 'default_forward', 'fit',
+           'ClassifierOutput', 'MLPClassifier', 'history_table', 'plot_history', 'tune']
 
 # %% ../nbs/04b_train.ipynb #fd091f55
 def warmup_cosine(optimizer:torch.optim.Optimizer,
@@ -126,6 +126,9 @@ def save_checkpoint(path:str|Path, # directory to write (replaced as a whole, at
     return atomic_dir(path, write, overwrite=True)
 
 # %% ../nbs/04b_train.ipynb #43ee2510
+class CheckpointError(ValueError):
+    "A checkpoint that cannot be used: a missing, truncated or tampered file, or weights that do not fit; names the file."
+
 def read_checkpoint_meta(path:str|Path)->dict:
     "The JSON part of a checkpoint; a clear error when `path` is not a checkpoint directory."
     path = Path(path)
@@ -133,7 +136,20 @@ def read_checkpoint_meta(path:str|Path)->dict:
     if missing:
         raise FileNotFoundError(f"{path} is not an mmlab checkpoint: missing {', '.join(missing)} "
                                 f"(a checkpoint directory holds {', '.join(CHECKPOINT_FILES)})")
-    return json.loads((path / "trainer_state.json").read_text())
+    f = path / "trainer_state.json"
+    try: meta = json.loads(f.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e: raise CheckpointError(f"{f} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("trainer"), dict):
+        raise CheckpointError(f"{f} does not hold a trainer state (expected an object with a 'trainer' entry)")
+    return meta
+
+def _read_tensors(f:Path)->dict[str, Tensor]:
+    "A safetensors file's tensors, with the file named in any error (truncated, not safetensors, NaN/inf values)."
+    try: tensors = load_file(str(f))
+    except Exception as e: raise CheckpointError(f"{f} cannot be read as safetensors ({type(e).__name__}: {e})") from None
+    bad = [k for k, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad: raise CheckpointError(f"{f} holds NaN/inf values in {len(bad)} tensor(s), e.g. {bad[:3]}: the run that wrote it diverged")
+    return tensors
 
 def load_checkpoint(path:str|Path, model:nn.Module,
                     optimizer:torch.optim.Optimizer|None=None,
@@ -142,19 +158,21 @@ def load_checkpoint(path:str|Path, model:nn.Module,
                    )->dict: # the trainer state saved with the checkpoint
     "Load what `save_checkpoint` wrote into `model` (and `optimizer`, `scheduler`); return the trainer state."
     meta = read_checkpoint_meta(path); path = Path(path)
-    try: missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    except RuntimeError as e:   # shapes differ
-        raise ValueError(f"checkpoint {path} does not fit the model: {str(e).splitlines()[-1].strip()}") from None
+    f = path / "model.safetensors"
+    weights, own = _read_tensors(f), model.state_dict()
+    missing, unexpected = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit the model: missing keys {sorted(missing)[:5]}, "
-                         f"unexpected keys {sorted(unexpected)[:5]}")
+        raise CheckpointError(f"{f} does not fit the model: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    wrong = [f"{k}: {tuple(weights[k].shape)} in the file, {tuple(v.shape)} in the model" for k, v in own.items() if weights[k].shape != v.shape]
+    if wrong: raise CheckpointError(f"{f} does not fit the model: {len(wrong)} shape(s) differ, e.g. {wrong[:2]}")
+    model.load_state_dict(weights)
     if optimizer is not None:
-        if "optimizer" not in meta: raise KeyError(f"checkpoint {path} has no optimizer state")
-        optimizer.load_state_dict(_optimizer_from_tensors(load_file(str(path / "optimizer.safetensors")), meta["optimizer"]))
+        if "optimizer" not in meta: raise CheckpointError(f"checkpoint {path} has no optimizer state")
+        optimizer.load_state_dict(_optimizer_from_tensors(_read_tensors(path / "optimizer.safetensors"), meta["optimizer"]))
     if scheduler is not None:
-        if "scheduler" not in meta: raise KeyError(f"checkpoint {path} has no scheduler state")
+        if "scheduler" not in meta: raise CheckpointError(f"checkpoint {path} has no scheduler state")
         scheduler.load_state_dict(meta["scheduler"])
-    if restore_rng: _set_rng_state(load_file(str(path / "rng.safetensors")), meta["rng"])
+    if restore_rng: _set_rng_state(_read_tensors(path / "rng.safetensors"), meta["rng"])
     return meta["trainer"]
 
 # %% ../nbs/04b_train.ipynb #b2259d9c
@@ -235,6 +253,7 @@ def _make_loader(data, cfg:FitConfig, collate_fn, train:bool)->DataLoader:
     return DataLoader(data, batch_size=cfg.batch_size, sampler=sampler, shuffle=False, collate_fn=collate_fn)
 
 def _make_accelerator(cfg:FitConfig):
+    require("accelerate", "fit")
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState, GradientState
     device = get_device(cfg.device)
@@ -246,6 +265,12 @@ def _make_accelerator(cfg:FitConfig):
                        rng_types=[], dataloader_config=DataLoaderConfiguration(even_batches=True))
 
 # %% ../nbs/04b_train.ipynb #61a75ced
+def _batch_size(batch:Any)->int:
+    "The number of samples in a batch of any of the shapes `default_forward` accepts."
+    if isinstance(batch, Batch): return len(batch)
+    first = next(iter(batch.values())) if isinstance(batch, Mapping) else batch[0] if isinstance(batch, (tuple, list)) else batch
+    return len(first) if hasattr(first, "__len__") else 1
+
 @torch.no_grad()
 def _evaluate(accelerator, model, loader, forward_fn, loss_fn)->dict:
     "Mean loss and (when there are logits and labels) accuracy over `loader`, gathered across processes."
@@ -256,7 +281,7 @@ def _evaluate(accelerator, model, loader, forward_fn, loss_fn)->dict:
             out = forward_fn(model, batch)
             loss = _loss_of(out, batch, loss_fn).float()
         logits, labels = _field(out, "logits"), _field(out, "labels")
-        n = len(labels) if labels is not None else 1
+        n = len(labels) if labels is not None else _batch_size(batch)   # weigh each sample once, whatever the batch sizes
         stats = torch.tensor([loss.item() * n, n], device=accelerator.device)
         if logits is not None and labels is not None:
             logits, labels = accelerator.gather_for_metrics((logits.float(), labels))
@@ -383,7 +408,7 @@ def history_table(history:list[dict])->str:
 
 def plot_history(history:list[dict]): # -> matplotlib Figure
     "Training/validation loss and validation accuracy per epoch."
-    import matplotlib.pyplot as plt
+    plt = require("matplotlib.pyplot", "plot_history")
     ep = [r["epoch"] for r in history]
     fig, axes = plt.subplots(1, 2, figsize=(8, 3))
     axes[0].plot(ep, [r["train_loss"] for r in history], label="train")
@@ -402,7 +427,7 @@ def tune(build:Callable, # build(trial) -> (model, FitConfig or dict of fit opti
          **fit_kwargs # passed to fit (loss_fn, collate_fn, ...)
         ): # -> optuna.Study
     "Optuna search where each trial is a `fit`; epochs are reported for median pruning."
-    import optuna
+    optuna = require("optuna", "tune")
     def objective(trial):
         model, opts = build(trial)
         cfg = opts if isinstance(opts, FitConfig) else FitConfig(**{"progress": False, **opts})

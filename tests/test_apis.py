@@ -1,67 +1,34 @@
 """Wire-level tests of mmlab.apis: the real provider SDKs against fake servers on 127.0.0.1.
 
 Every test key contains KEY_MARK; the last tests check that no key reached a log record, captured
-output, a repr, an error message or a cache file.
+output, a repr, an error message or a cache file. The hostile servers are in test_apis_transport.py.
 """
 import base64
-import io
 import json
 import logging
+import os
 import time
-import uuid
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 from PIL import Image
 
+import fake_apis
+from fake_apis import BACKENDS, IDS, KEY_MARK, SEEN_KEYS, assert_no_test_key_in_files, jpeg, new_key, png
 from mmlab import apis
 from mmlab.apis import (APITimeoutError, AuthenticationError, ChatResponse, Conversation, ImageTooLargeError,
                         MissingKeyError, OfflineError, RateLimitError, RefusalError, ServerError, UnknownModelError,
                         UnknownProviderError, Usage, encode_image, estimate_cost, get_client)
 from mmlab.apis_testing import FakeServer, Fault, example_for_schema
 
-KEY_MARK = "mmlab-TESTKEY-"
-BACKENDS = [("openai", None), ("anthropic", None), ("gemini", "google-genai"), ("gemini", "google-generativeai")]
-IDS = ["openai", "anthropic", "google-genai", "google-generativeai"]
-KEY_ENVS = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "GOOGLE_API_KEY",
-            "OPENAI_BASE_URL", "ANTHROPIC_BASE_URL", "GOOGLE_GEMINI_BASE_URL"]
-SEEN_KEYS = []    # every key handed out in this module, for the final grep
-
-
-def new_key(provider):
-    k = f"{KEY_MARK}{provider}-{uuid.uuid4().hex}"
-    SEEN_KEYS.append(k)
-    return k
-
-
-def png(w=40, h=30, colour=(200, 20, 20)):
-    buf = io.BytesIO(); Image.new("RGB", (w, h), colour).save(buf, "PNG"); return buf.getvalue()
-
-
-def jpeg(w=20, h=20):
-    buf = io.BytesIO(); Image.new("RGB", (w, h), (0, 0, 200)).save(buf, "JPEG"); return buf.getvalue()
-
 
 @pytest.fixture(autouse=True)
-def lab_env(tmp_path, monkeypatch):
-    "Offline mode on, a private cache, no provider keys or endpoints from the environment."
-    monkeypatch.setenv("MMLAB_OFFLINE", "true")
-    monkeypatch.setenv("MMLAB_CACHE_DIR", str(tmp_path / "cache"))
-    for v in KEY_ENVS: monkeypatch.delenv(v, raising=False)
-    return tmp_path
+def lab_env(tmp_path, monkeypatch): return fake_apis.lab_env(tmp_path, monkeypatch)
 
 
 @pytest.fixture(params=BACKENDS, ids=IDS)
-def backend(request):
-    provider, sdk = request.param
-    key = new_key(provider)
-    with FakeServer(provider, api_key=key) as srv:
-        def make(**kw):
-            opts = dict(api_key=key, base_url=srv.base_url, backoff_base=0.001, timeout=5, seed=0)
-            if sdk: opts["sdk"] = sdk
-            opts.update(kw)
-            return get_client(provider, **opts)
-        yield provider, sdk, srv, make, key
+def backend(request): yield from fake_apis.serve_backend(*request.param)
 
 
 # ---------------------------------------------------------------- what the SDKs send
@@ -259,7 +226,7 @@ def test_cache_hit_costs_nothing(backend, lab_env):
     c.chat("What colour?", images=png(10, 10), temperature=0)          # another image: another request
     assert len(srv.requests) == 3
     files = list((lab_env / "cache" / "api" / provider).glob("*.json"))
-    assert len(files) == 3 and not list((lab_env / "cache").rglob(".tmp-*"))
+    assert len(files) == 3 and not list((lab_env / "cache").rglob("*.tmp"))
     # the cache answers offline and without a key
     keyless = get_client(provider, base_url=srv.base_url, **({"sdk": sdk} if sdk else {}))
     assert keyless.chat("What colour?", images=png(), temperature=0).cached and len(srv.requests) == 3
@@ -446,12 +413,40 @@ def test_local_llava_plumbing():
         c.chat("json please", json_schema=True)
 
 
+def test_tiny_llava_loads_without_importing_apis(tmp_path):
+    "The tiny LLaVA is registered in mmlab.core: a fresh process loads it (model and processor) without mmlab.apis."
+    import subprocess, sys
+    code = ("import sys\n"
+            "from transformers import LlavaForConditionalGeneration\n"
+            "from mmlab.core import load_pretrained, load_processor\n"
+            "m = load_pretrained(LlavaForConditionalGeneration, 'llava-hf/llava-1.5-7b-hf', verbose=False)\n"
+            "p = load_processor('llava-hf/llava-1.5-7b-hf', verbose=False)\n"
+            "assert p.tokenizer.convert_tokens_to_ids('<image>') == m.config.image_token_index == 4\n"
+            "assert not any(k.startswith('mmlab.apis') for k in sys.modules), sorted(k for k in sys.modules if 'mmlab' in k)\n"
+            "print('ok', type(m).__name__)\n")
+    env = {**os.environ, "MMLAB_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0 and "ok LlavaForConditionalGeneration" in r.stdout, r.stderr[-2000:]
+
+
+def test_methods_live_in_their_classes():
+    "No `Cls.attr = function` assignments at module level: methods are defined in the class or with fastcore's @patch."
+    import ast
+    root = Path(apis.__file__).parent
+    for path in [*root.glob("*.py"), root.parent / "apis_testing.py"]:
+        tree = ast.parse(path.read_text())
+        classes = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+        for node in tree.body:
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            for t in targets:
+                for el in (t.elts if isinstance(t, ast.Tuple) else [t]):
+                    assert not (isinstance(el, ast.Attribute) and isinstance(el.value, ast.Name) and el.value.id in classes), \
+                        f"{path.name}:{node.lineno} assigns {el.value.id}.{el.attr}"
+    assert "def chat(self:ChatClient" in (root / "client.py").read_text()
+
+
 def test_zzz_no_test_key_in_any_file_the_tests_wrote(tmp_path_factory):
     "Last in this file: no key handed out above is in any file under this run's temporary root."
     assert len(SEEN_KEYS) > 10
-    root = tmp_path_factory.getbasetemp()
-    files = [p for p in root.rglob("*") if p.is_file()]
+    files = assert_no_test_key_in_files(tmp_path_factory)
     assert any(p.suffix == ".json" for p in files)           # the caches and saved conversations are there
-    for p in files:
-        data = p.read_bytes()
-        assert KEY_MARK.encode() not in data, p

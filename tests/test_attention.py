@@ -1,4 +1,6 @@
 "Parity, mask and property tests for mmlab.attention."
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -143,3 +145,51 @@ def test_co_attention_batch_of_one_and_mask_invariance():
     assert out.weights_b_to_a[..., 2].abs().sum() == 0
     a2 = a.clone(); a2[0, 2] = 50.0
     torch.testing.assert_close(co(a2, b, mask_a=ma).b, out.b)     # b never sees a's missing position
+
+
+def test_attention_dropout_only_in_training():
+    "Dropout on the weights applies in training; in eval mode two calls agree and match p = 0."
+    torch.manual_seed(0)
+    att = MultiHeadAttention(8, 2, dropout=0.5)
+    q, kv = torch.randn(2, 5, 8), torch.randn(2, 7, 8)
+    clean = MultiHeadAttention(8, 2); clean.load_state_dict(att.state_dict())
+    att.eval(); clean.eval()
+    for w in (False, True):
+        torch.testing.assert_close(att(q, kv, need_weights=w).output, clean(q, kv, need_weights=w).output)
+    att.train()
+    assert not torch.allclose(att(q, kv).output, att(q, kv).output)
+
+
+def test_co_attention_is_simultaneous_not_sequential():
+    "Stream b's update reads stream a's input to the layer, not a's update."
+    torch.manual_seed(0)
+    co = CoAttentionBlock(8, 6, num_heads=2).eval()
+    a, b = torch.randn(2, 3, 8), torch.randn(2, 4, 6)
+    out = co(a, b)
+    torch.testing.assert_close(out.b, co.b_from_a(b, context=a).hidden)
+    torch.testing.assert_close(out.a, co.a_from_b(a, context=b).hidden)
+    assert not torch.allclose(out.b, co.b_from_a(b, context=out.a).hidden)
+
+
+def test_transformer_block_matches_pytorch_layer_with_padding():
+    from mmlab.attention import BlockConfig, TransformerBlock, load_torch_encoder_layer
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(12, 3, dim_feedforward=20, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+    blk = load_torch_encoder_layer(TransformerBlock(BlockConfig(dim=12, heads=3, mlp_dim=20)), layer)
+    x = torch.randn(3, 6, 12); keep = torch.rand(3, 6) > 0.3; keep[:, 0] = True
+    torch.testing.assert_close(blk(x, mask=keep).hidden, layer(x, src_key_padding_mask=~keep), atol=1e-5, rtol=1e-5)
+
+
+def test_causal_self_attention_ignores_the_future():
+    torch.manual_seed(0)
+    att = MultiHeadAttention(8, 2).eval()
+    x = torch.randn(1, 6, 8); y = x.clone(); y[:, 3:] = torch.randn(1, 3, 8)
+    for w in (False, True):
+        a, b = att(x, is_causal=True, need_weights=w), att(y, is_causal=True, need_weights=w)
+        torch.testing.assert_close(a.output[:, :3], b.output[:, :3])
+        assert not torch.allclose(a.output[:, 3:], b.output[:, 3:])
+
+
+def test_quick_gelu_value():
+    from mmlab.attention import quick_gelu
+    assert abs(quick_gelu(torch.tensor(1.0)).item() - 1 / (1 + math.exp(-1.702))) < 1e-6

@@ -126,4 +126,6 @@ def test_fit_clip_learns_a_tiny_matching_problem(one_thread):
     after = image_text_retrieval(*embed_all(m, px, feats, device="cpu"), torch.arange(16))
     assert hist["loss"][-1] < 0.5 * hist["loss"][0]
     assert after["text_to_image"]["R@5"] > before["text_to_image"]["R@5"]
+    assert abs(hist["temperature"][-1] - hist["temperature"][0]) > 1e-3          # the temperature is learned, not fixed
+    assert m.logit_scale.value.grad is not None
     with pytest.raises(ValueError, match=r"\(T, 12\)"): m.encode_text(torch.randn(3, 10))

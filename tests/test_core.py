@@ -222,7 +222,7 @@ def test_cli_doctor_reports_cpu_and_offline(lab):
     lines = dict(l.split(None, 1) for l in r.stdout.splitlines() if l.strip() and len(l.split(None, 1)) == 2)
     assert lines["device"].strip() == ("cuda" if torch.cuda.is_available() else "cpu")
     assert lines["offline"].startswith("True")
-    assert "the course can run here" in r.stdout
+    assert "the library works here" in r.stdout
 
 
 def test_cli_doctor_fails_on_broken_settings(lab):

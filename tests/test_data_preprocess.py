@@ -28,6 +28,23 @@ def test_log_mel_equals_librosa(sr, n_fft, hop, n_mels, fmin, fmax):
         ours = log_mel_spectrogram(torch.from_numpy(y).to(dtype), sr, n_fft, hop, n_mels, fmin, fmax).numpy()
         assert ours.shape == ref.shape and np.abs(ours - ref).max() < tol
 
+@pytest.mark.parametrize("hop", [33, 100, 256])
+def test_log_mel_hop_lengths_equal_librosa(hop):
+    "Hops that are not n_fft / 4: the frame count and values follow hop_length."
+    y = np.random.default_rng(hop).normal(size=4000)
+    ref = librosa.power_to_db(librosa.feature.melspectrogram(y=y, sr=8000, n_fft=256, hop_length=hop, n_mels=32), ref=1.0, top_db=80.)
+    ours = log_mel_spectrogram(torch.from_numpy(y), 8000, 256, hop, 32).numpy()
+    assert ours.shape == ref.shape == (32, 1 + 4000 // hop) and np.abs(ours - ref).max() < 1e-6
+
+
+def test_log_mel_top_db_is_per_item():
+    "In a batch, each spectrogram is clipped below its own maximum, not the batch's."
+    quiet, loud = torch.randn(4000, dtype=torch.float64) * 1e-3, torch.randn(4000, dtype=torch.float64) * 10
+    both = log_mel_spectrogram(torch.stack([quiet, loud]), 8000, 256, 64, 32)
+    torch.testing.assert_close(both[0], log_mel_spectrogram(quiet, 8000, 256, 64, 32))
+    torch.testing.assert_close(both[1], log_mel_spectrogram(loud, 8000, 256, 64, 32))
+
+
 def test_log_mel_batches_match_single():
     x = torch.randn(3, 2, 4000, dtype=torch.float64)
     out = log_mel_spectrogram(x, 8000, 256, 64, 32)

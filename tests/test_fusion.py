@@ -171,3 +171,57 @@ def test_ablation_uses_the_mask_and_shapley_sums_up():
     assert rob["-b"] == abl[("a",)] and rob["all"] == abl[("a", "b")]
     rep = evaluate_model(model, data)
     assert rep.confusion.sum() == 300 and 0 <= rep.macro_f1 <= 1 and rep.params == sum(p.numel() for p in model.parameters())
+
+
+# ---- what "absent" promises, tested as properties every strategy must satisfy -------------------------------------
+
+def _own_parameters(model, m):
+    "The parameters that belong to modality m alone (its projection, head, factor, candidate, or attention into m)."
+    parts = lambda n: n.replace("->", ".").split(".")
+    return [p for n, p in model.named_parameters() if m in parts(n)]
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+@pytest.mark.parametrize("absent", list(DIMS))
+def test_an_absent_modality_has_no_influence_at_all(name, absent):
+    "With a modality absent, neither its values nor any parameter of its own can change the output: it weighs 0."
+    torch.manual_seed(0)
+    model = make_fusion(name, DIMS, 3, hidden=16).eval()
+    x = _inputs(4)
+    mask = {m: torch.ones(4, dtype=torch.bool) for m in DIMS}
+    mask[absent] = torch.zeros(4, dtype=torch.bool)
+    with torch.no_grad():
+        before = model(x, mask).logits
+        for p in _own_parameters(model, absent): p.add_(torch.randn_like(p))
+        after = model(x, mask).logits
+    torch.testing.assert_close(before, after, msg=f"{name}: the parameters of absent {absent!r} changed the output")
+    if _own_parameters(model, "vision") and absent != "vision":                 # the check can fail: present parameters matter
+        with torch.no_grad():
+            for p in _own_parameters(model, "vision"): p.add_(torch.randn_like(p))
+            assert not torch.allclose(after, model(x, mask).logits)
+
+
+@pytest.mark.parametrize("name", [n for n in STRATEGIES if make_fusion(n, DIMS, 3).eval()(_inputs(1)).modality_weights is not None])
+def test_modality_weights_are_zero_when_absent_and_sum_to_one(name):
+    torch.manual_seed(0)
+    model = make_fusion(name, DIMS, 3, hidden=16).eval()
+    g = torch.Generator().manual_seed(1)
+    mask = {m: torch.rand(64, generator=g) > 0.5 for m in DIMS}
+    mask["vision"] |= ~(mask["audio"] | mask["text"])                         # every sample keeps one modality
+    w = model(_inputs(64), mask).modality_weights                             # (B, M)
+    present = torch.stack([mask[m] for m in model.modalities], 1)
+    assert (w[~present] == 0).all(), f"{name}: an absent modality has weight"
+    torch.testing.assert_close(w.sum(1), torch.ones(64))
+    only = {m: torch.tensor([m == "audio"] * 3) for m in DIMS}                # one modality present: its weight is 1
+    torch.testing.assert_close(model(_inputs(3), only).modality_weights[:, model.modalities.index("audio")], torch.ones(3))
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3])
+def test_modality_dropout_hides_a_fraction_p(p):
+    "Each present modality is hidden with probability p (not kept with probability p), over 10,000 draws."
+    mask = torch.ones(10_000, 4, dtype=torch.bool)
+    out = modality_dropout(mask, p, torch.Generator().manual_seed(0))
+    hidden = 1 - out.float().mean().item()
+    # the restore step (never all hidden) adds back one modality for p^4 of the samples: 1/4 of a row
+    expected = p - p ** 4 / 4
+    assert abs(hidden - expected) < 0.015, (hidden, expected)

@@ -76,3 +76,11 @@ def test_triplet_hardest_negative_and_sign():
         ref += max(0.0, m - s[i, i].item() + max(s[j, i].item() for j in range(7) if j != i))
     assert triplet_loss(x, y, margin=m).item() == pytest.approx(ref / 14, rel=1e-9)
     with pytest.raises(ValueError, match="at least 2"): triplet_loss(torch.randn(1, 3), torch.randn(1, 3))
+
+
+def test_logit_scale_clamps_when_read():
+    from mmlab.losses import LOGIT_SCALE_MAX, LogitScale
+    ls = LogitScale(init=10.0)
+    assert ls().item() == pytest.approx(LOGIT_SCALE_MAX) and ls.value.item() == 10.0
+    assert ls.temperature() == pytest.approx(0.01)
+    assert LogitScale(init=1.0)().item() == 1.0

@@ -198,3 +198,31 @@ def test_encoder_pretraining_skips_samples_without_the_modality():
     data = Batch({"a": x}, {"a": has}, labels={"label": y})
     accs = pretrain_encoders({"a": FeatureEncoder(out_dim=3)}, data, data, {"a": "label"}, 3, epochs=4, lr=3e-2)
     assert accs["a"] > 0.9
+
+
+class _Scalar(nn.Module):
+    "loss = w (gradient 1): Adam's first step moves w by exactly the learning rate of that step."
+    def __init__(self): super().__init__(); self.w = nn.Parameter(torch.zeros(()))
+    def forward(self, x, labels=None):
+        from mmlab.train import ClassifierOutput
+        return ClassifierOutput(logits=torch.zeros(len(x), 2), loss=self.w * 1.0 + 0 * x.sum())
+
+
+def test_the_first_step_uses_the_first_warmup_rate():
+    "The scheduler steps after the optimizer: 4 steps with W = 2 use lr x 1/2, 1, 1, 1/2 (a scheduler stepped first would not)."
+    torch.manual_seed(0)
+    res = fit(_Scalar(), Blobs(64), epochs=1, batch_size=16, lr=0.8, warmup=0.5, weight_decay=0.0, max_grad_norm=None,
+              monitor="train_loss", progress=False, device="cpu")
+    assert res.model.w.item() == pytest.approx(-(0.4 + 0.8 + 0.8 + 0.4), rel=1e-4)
+
+
+def test_validation_loss_is_a_mean_over_samples_not_batches():
+    "Batches of 4, 4 and 1: the validation loss weighs each sample once."
+    class PerSample(nn.Module):
+        def __init__(self): super().__init__(); self.b = nn.Parameter(torch.zeros(()))
+        def forward(self, x, labels=None):
+            from mmlab.train import ClassifierOutput
+            return ClassifierOutput(logits=torch.zeros(len(x), 2), loss=x[:, 0].mean() + 0 * self.b)
+    data = Blobs(9, 3)
+    res = fit(PerSample(), data, data, epochs=1, batch_size=4, lr=0.0, progress=False, device="cpu", monitor="val_loss")
+    assert res.history[0]["val_loss"] == pytest.approx(data.x[:, 0].mean().item(), rel=1e-5)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core import load_pretrained, load_tokenizer
+from ..core import load_pretrained, load_tokenizer, require
 from .schema import SchemaError, to_tensor
 
 # %% auto #0
@@ -26,6 +26,15 @@ __all__ = ['PreprocessError', 'VisionPreprocessor', 'mel_filterbank', 'log_mel_s
            'sample_frame_indices', 'VideoPreprocessor', 'SensorPreprocessor', 'synchronize']
 
 # %% ../../nbs/01b_preprocess.ipynb #8d9129eb
+def _positive(what:str, value, integer:bool=False, allow_zero:bool=False):
+    "Refuse a size, rate or scale that is not a finite positive number (an integer where `integer`)."
+    ok = isinstance(value, (int, np.integer)) if integer else isinstance(value, (int, float, np.integer, np.floating))
+    if ok and not isinstance(value, bool): ok = math.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        kind = "integer" if integer else "number"
+        raise PreprocessError(f"{what} must be a {'non-negative' if allow_zero else 'positive'} {kind}, got {value!r}")
+    return value
+
 class PreprocessError(SchemaError):
     "Input a preprocessor cannot use: empty, silent, corrupt or of the wrong type; the message starts with the modality."
 
@@ -38,6 +47,16 @@ class VisionPreprocessor:
     mean: Sequence[float] = (0.5, 0.5, 0.5)           # per-channel mean subtracted after scaling to [0, 1]
     std: Sequence[float] = (0.5, 0.5, 0.5)            # per-channel std divided by
     jitter: float = 0.2                               # max relative brightness / contrast change when training
+
+    def __post_init__(self):
+        _positive("vision: size", self.size, integer=True)
+        if self.channels not in (1, 3): raise PreprocessError(f"vision: channels must be 1 or 3, got {self.channels!r}")
+        for name in ("mean", "std"):
+            v = np.asarray(getattr(self, name), dtype=np.float64)
+            if v.ndim != 1 or len(v) < self.channels or not np.isfinite(v).all():
+                raise PreprocessError(f"vision: {name} needs {self.channels} finite values, got {getattr(self, name)!r}")
+        if (np.asarray(self.std[:self.channels]) <= 0).any(): raise PreprocessError(f"vision: std must be positive, got {self.std!r}")
+        if not 0 <= self.jitter < 1: raise PreprocessError(f"vision: jitter must be in [0, 1), got {self.jitter!r}")
 
     def __call__(self, x, train:bool=False, generator:torch.Generator|None=None)->torch.Tensor:
         if x is None or isinstance(x, (str, bytes, int, float)):
@@ -103,6 +122,16 @@ def log_mel_spectrogram(wave:torch.Tensor, # (..., T) waveform(s)
     "Log-mel power spectrogram in torch (any device), equal to librosa's melspectrogram + power_to_db."
     wave = torch.as_tensor(wave)
     if not wave.is_floating_point(): wave = wave.float()
+    _positive("log-mel: sr", sr); _positive("log-mel: n_fft", n_fft, integer=True)
+    if not 1 <= sr <= 1e7: raise PreprocessError(f"log-mel: sr {sr} Hz is not a sampling rate (1 Hz to 10 MHz)")
+    if n_fft < 2: raise PreprocessError(f"log-mel: n_fft must be at least 2, got {n_fft}")
+    _positive("log-mel: hop_length", hop_length, integer=True); _positive("log-mel: n_mels", n_mels, integer=True)
+    _positive("log-mel: amin", amin); _positive("log-mel: fmin", fmin, allow_zero=True)
+    if top_db is not None: _positive("log-mel: top_db", top_db, allow_zero=True)
+    hi = sr / 2 if fmax is None else _positive("log-mel: fmax", fmax)
+    if not fmin < hi <= sr / 2: raise PreprocessError(f"log-mel: need fmin < fmax <= sr / 2 = {sr / 2}, got fmin {fmin}, fmax {hi}")
+    if wave.ndim == 0 or wave.shape[-1] == 0: raise PreprocessError(f"audio: empty waveform of shape {tuple(wave.shape)}")
+    if not torch.isfinite(wave).all(): raise PreprocessError(f"audio: {int((~torch.isfinite(wave)).sum())} NaN/inf sample(s)")
     shape = wave.shape
     x = wave.reshape(-1, shape[-1])                                            # (B, T)
     window = torch.hann_window(n_fft, periodic=True, dtype=x.dtype, device=x.device)
@@ -120,7 +149,7 @@ def load_audio(x, # a path, an array (T,) / (channels, T), or a tuple (array, sr
               )->tuple[np.ndarray, int]: # mono float32 waveform and its rate
     "Read audio from a file, an array or an (array, sr) pair into a mono float32 array; clear errors otherwise."
     if isinstance(x, (str, Path)):
-        import soundfile as sf
+        sf = require("soundfile", "reading audio files")
         p = Path(x)
         if not p.is_file(): raise PreprocessError(f"audio: no such file {str(p)!r}")
         try: a, sr = sf.read(str(p), dtype="float32", always_2d=True)
@@ -152,6 +181,14 @@ class AudioPreprocessor:
     silence_db: float = -80.          # peak level (dBFS) below which the input counts as silent
     noise_std: float = 0.005          # std of Gaussian noise added when training
 
+    def __post_init__(self):
+        _positive("audio: sr", self.sr, integer=True)
+        if self.seconds is not None: _positive("audio: seconds", self.seconds)
+        for k in ("n_fft", "hop_length", "n_mels"): _positive(f"audio: {k}", getattr(self, k), integer=True)
+        _positive("audio: noise_std", self.noise_std, allow_zero=True)
+        if self.output not in ("log_mel", "waveform"):
+            raise PreprocessError(f"audio: unknown output {self.output!r}; expected 'log_mel' or 'waveform'")
+
     def waveform(self, x, sr:int|None=None)->np.ndarray:
         "The loaded, resampled, trimmed, padded/cut mono waveform."
         a, in_sr = load_audio(x, sr)
@@ -159,10 +196,10 @@ class AudioPreprocessor:
         if peak == 0 or 20 * math.log10(peak) < self.silence_db:
             raise PreprocessError(f"audio: silent input (peak {peak:.2e}, below {self.silence_db} dBFS)")
         if in_sr != self.sr:
-            import librosa
+            librosa = require("librosa", "AudioPreprocessor")
             a = librosa.resample(a, orig_sr=in_sr, target_sr=self.sr).astype(np.float32)
         if self.trim_db is not None:
-            import librosa
+            librosa = require("librosa", "AudioPreprocessor")
             a, _ = librosa.effects.trim(a, top_db=self.trim_db, frame_length=self.n_fft, hop_length=self.hop_length)
         if self.seconds is not None:
             n = int(round(self.seconds * self.sr))
@@ -178,7 +215,7 @@ class AudioPreprocessor:
 
     def features(self, x, sr:int|None=None)->dict[str, np.ndarray]:
         "librosa descriptors of the preprocessed waveform: log_mel, mfcc (20), centroid, rolloff, zcr (per frame)."
-        import librosa
+        librosa = require("librosa", "AudioPreprocessor")
         a, kw = self.waveform(x, sr), dict(n_fft=self.n_fft, hop_length=self.hop_length)
         mel = librosa.feature.melspectrogram(y=a, sr=self.sr, n_mels=self.n_mels, **kw)
         return {"log_mel": librosa.power_to_db(mel, ref=1.0, top_db=80.),
@@ -233,7 +270,7 @@ def write_video(path:str|Path, # output file (.mp4)
                 frames:np.ndarray, # (T, H, W, 3) uint8
                 fps:int=8)->Path:
     "Write frames to an MPEG-4 file with PyAV (for fixtures and demos)."
-    import av
+    av = require("av", "reading and writing video")
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise PreprocessError(f"video: expected uint8 frames (T, H, W, 3), got {frames.dtype} {frames.shape}")
@@ -248,7 +285,7 @@ def write_video(path:str|Path, # output file (.mp4)
 
 def read_video_frames(path:str|Path)->tuple[np.ndarray, float]:
     "All frames of a video file as (T, H, W, 3) uint8 and its frame rate."
-    import av
+    av = require("av", "reading and writing video")
     p = Path(path)
     if not p.is_file(): raise PreprocessError(f"video: no such file {str(p)!r}")
     try:
@@ -265,6 +302,7 @@ def read_video_frames(path:str|Path)->tuple[np.ndarray, float]:
 def sample_frame_indices(n_total:int, n_frames:int, mode:str="uniform", generator:torch.Generator|None=None)->list[int]:
     "Indices of `n_frames` frames among `n_total`: segment middles ('uniform') or random within segments ('random')."
     if n_total < 1: raise PreprocessError(f"video: no frames to sample from (n_total={n_total})")
+    _positive("video: n_frames", n_frames, integer=True)
     edges = torch.arange(n_frames + 1, dtype=torch.float64) * n_total / n_frames
     if mode == "uniform": pos = (edges[:-1] + edges[1:]) / 2
     elif mode == "random": pos = edges[:-1] + torch.rand(n_frames, generator=generator, dtype=torch.float64) * (edges[1:] - edges[:-1])
@@ -277,6 +315,8 @@ class VideoPreprocessor:
     "Video file or frames (T, H, W, C) -> (n_frames, C, size, size): sample frames, preprocess each."
     n_frames: int = 8
     vision: VisionPreprocessor = field(default_factory=VisionPreprocessor)
+
+    def __post_init__(self): _positive("video: n_frames", self.n_frames, integer=True)
 
     def __call__(self, x, train:bool=False, generator:torch.Generator|None=None)->torch.Tensor:
         if isinstance(x, (str, Path)): frames, _ = read_video_frames(x)
@@ -296,6 +336,10 @@ class SensorPreprocessor:
     channels: int|None = 6            # expected D (accelerometer xyz + gyroscope xyz); None accepts any
     mean: np.ndarray|None = None      # (D,) fitted by `fit`; the stream's own statistics if None
     std: np.ndarray|None = None
+
+    def __post_init__(self):
+        _positive("sensor: window", self.window, integer=True); _positive("sensor: hop", self.hop, integer=True)
+        if self.channels is not None: _positive("sensor: channels", self.channels, integer=True)
 
     def _check(self, x)->np.ndarray:
         if not isinstance(x, (np.ndarray, torch.Tensor, list)):
@@ -325,6 +369,7 @@ def synchronize(streams:dict[str, tuple], # name -> (times (N,) in seconds, incr
                )->tuple[torch.Tensor, dict[str, torch.Tensor]]: # times (J,), name -> (J, D) values
     "Resample every stream onto one time base over the interval all of them cover (linear interpolation)."
     if not streams: raise PreprocessError("sync: no streams given")
+    _positive("sync: rate", rate)
     clean = {}
     for name, (t, v) in streams.items():
         t, v = np.asarray(t, np.float64), np.asarray(v, np.float64)
@@ -335,6 +380,8 @@ def synchronize(streams:dict[str, tuple], # name -> (times (N,) in seconds, incr
         clean[name] = (t, v)
     start, end = max(t[0] for t, _ in clean.values()), min(t[-1] for t, _ in clean.values())
     if end <= start: raise PreprocessError(f"sync: the streams do not overlap in time (latest start {start}, earliest end {end})")
-    grid = start + np.arange(int(np.floor((end - start) * rate + 1e-9)) + 1) / rate
+    n = int(np.floor((end - start) * rate + 1e-9)) + 1
+    if n > 10_000_000: raise PreprocessError(f"sync: rate {rate} over {end - start:.3g} s gives {n:,} points (more than 10 million)")
+    grid = start + np.arange(n) / rate
     out = {n: torch.from_numpy(np.stack([np.interp(grid, t, v[:, d]) for d in range(v.shape[1])], 1)).float() for n, (t, v) in clean.items()}
     return torch.from_numpy(grid).float(), out

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core import settings
+from ..core import require, settings
 from .schema import SchemaError
 
 # %% auto #0
@@ -64,7 +64,7 @@ def read_meld(csv_path:str|Path, # e.g. 'MELD.Raw/train/train_sent_emo.csv'
     """MELD utterances. Columns: `sample_id`, `text`, `speaker`, `emotion` / `emotion_id` (MELD_EMOTIONS),
     `sentiment` / `sentiment_id` (MELD_SENTIMENTS), `dialogue_id`, `utterance_id`, `start`, `end` (seconds),
     `video_path` (str or None), `has_video`."""
-    import datasets
+    datasets = require("datasets", "mmlab.data.readers")
     f = _file(csv_path, "MELD")
     with open(f, newline="", encoding="utf-8-sig", errors="replace") as fh:
         rows = list(csv.DictReader(fh))
@@ -98,7 +98,7 @@ def read_vqa(questions_path:str|Path, # v2_OpenEnded_mscoco_{split}_questions.js
     """VQA v2 questions. Columns: `question_id`, `image_id`, `question`, `answers` (list of str, empty without
     annotations), `multiple_choice_answer`, `answer_type`, `question_type` (str, '' without annotations),
     `image_path` (str or None)."""
-    import datasets
+    datasets = require("datasets", "mmlab.data.readers")
     q = _json(questions_path, "VQA questions", ("questions",))
     subtype = q.get("data_subtype", "")
     anns = {}
@@ -128,7 +128,7 @@ def read_coco_captions(annotations_path:str|Path, # captions_{split}.json
                        image_dir:str|Path|None=None # folder with the images' file_name
                       ):
     "COCO captions, one row per image. Columns: `image_id`, `file_name`, `width`, `height`, `captions` (list of str), `image_path` (str or None)."
-    import datasets
+    datasets = require("datasets", "mmlab.data.readers")
     obj = _json(annotations_path, "COCO captions", ("images", "annotations"))
     caps = {}
     for a in obj["annotations"]:
@@ -155,7 +155,7 @@ def read_msrvtt(annotations_path:str|Path, # train_val_videodatainfo.json or tes
                ):
     """MSR-VTT clips, one row per video. Columns: `video_id`, `category` (int), `split`, `start`, `end` (seconds in
     the source video), `url`, `captions` (list of str), `video_path` (str or None), `has_video`."""
-    import datasets
+    datasets = require("datasets", "mmlab.data.readers")
     obj = _json(annotations_path, "MSR-VTT", ("videos", "sentences"))
     caps = {}
     for s in obj["sentences"]:
@@ -181,7 +181,7 @@ def read_av_mnist(root:str|Path, # folder with image/, audio/ and the label file
                   split:str="train" # 'train' or 'test'
                  ):
     """AV-MNIST arrays. Columns: `image` (PIL greyscale 28x28), `audio_spectrogram` (112x112 float32), `label` (int 0..9)."""
-    import datasets
+    datasets = require("datasets", "mmlab.data.readers")
     from PIL import Image
     r = _resolve(root)
     def load(rel):

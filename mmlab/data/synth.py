@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..core import settings
+from ..core import require, settings
 
 # %% auto #0
 __all__ = ['COLORS', 'SHAPES', 'NUMBER_WORDS', 'SENTIMENT_NAMES', 'TRIMODAL_MODALITIES', 'RELATIONS', 'DTMF',
@@ -88,7 +88,7 @@ def _cache_dir(name:str, params:dict)->Path:
 
 def _cached(name:str, params:dict, build:Callable, cache:bool):
     "Load `name` with `params` from the cache, or `build()` it (and save it when `cache`)."
-    import datasets
+    datasets = require("datasets", "mmlab.data.synth\'s generators")
     d = _cache_dir(name, params)
     if cache and (d / "dataset_info.json").is_file(): return datasets.load_from_disk(str(d))
     ds = build()
@@ -181,7 +181,7 @@ def make_trimodal(n:int, # number of samples
     params = dict(n=n, seed=seed, n_classes=n_classes, noise=noise_p, drop=drop_p, image_size=image_size,
                   pixel_noise=pixel_noise, sampling_rate=sampling_rate, duration=duration, snr_db=snr_db, n_filler=n_filler)
     def build():
-        import datasets
+        datasets = require("datasets", "mmlab.data.synth\'s generators")
         rng = np.random.default_rng(seed)
         clean = rng.integers(0, n_classes, (n, 3))                            # (n, 3) factors image/audio/text
         label = clean.sum(1) % n_classes
@@ -259,7 +259,7 @@ def make_shape_captions(n:int, # number of samples
     if not 2 <= n_colors <= len(COLORS): raise ValueError(f"n_colors must be in 2..{len(COLORS)}, got {n_colors}")
     params = dict(n=n, seed=seed, image_size=image_size, n_captions=n_captions, n_colors=n_colors, pixel_noise=pixel_noise)
     def build():
-        import datasets
+        datasets = require("datasets", "mmlab.data.synth\'s generators")
         rng = np.random.default_rng(seed)
         names, rels, s = list(COLORS)[:n_colors], list(RELATIONS), image_size * 4
         cols = {k: [] for k in ("image", "captions", "shapes", "colors", "relation", "positions", "sizes")}
@@ -293,7 +293,7 @@ DTMF = {   # digit -> (row Hz, column Hz) of the telephone keypad
 @lru_cache(maxsize=1)
 def _digits():
     "scikit-learn's handwritten digits: images (1797, 8, 8) uint8 in 0..255 and labels (1797,)."
-    from sklearn.datasets import load_digits
+    load_digits = require("sklearn.datasets", "make_av_digits").load_digits
     d = load_digits()
     return (d.images * 255 / 16).round().astype(np.uint8), d.target.astype(np.int64)
 
@@ -317,7 +317,7 @@ def make_av_digits(n:int, # number of samples (digits are reused, with fresh noi
     params = dict(n=n, seed=seed, image_size=image_size, pixel_noise=pixel_noise, sampling_rate=sampling_rate,
                   duration=duration, snr_db=snr_db, text_noise=text_noise)
     def build():
-        import datasets
+        datasets = require("datasets", "mmlab.data.synth\'s generators")
         images, targets = _digits()
         rng = np.random.default_rng(seed)
         idx = np.concatenate([rng.permutation(len(targets)) for _ in range(-(-n // len(targets)))])[:n]
@@ -407,7 +407,7 @@ def make_sentiment(n:int, # number of samples
     params = dict(n=n, seed=seed, p_disagree=dis, p_missing=miss, image_size=image_size, pixel_noise=pixel_noise,
                   sampling_rate=sampling_rate, duration=duration, snr_db=snr_db)
     def build():
-        import datasets
+        datasets = require("datasets", "mmlab.data.synth\'s generators")
         rng = np.random.default_rng(seed)
         label = rng.integers(0, 3, n)
         other = (label[:, None] + rng.integers(1, 3, (n, 3))) % 3                  # (n, 3) a different sentiment
