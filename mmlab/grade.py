@@ -38,13 +38,13 @@ from .core import atomic_dir, atomic_write, find_settings_file, settings
 from .grade_driver import RISKY_MODULES, STUDENT_FILE
 
 # %% auto #0
-__all__ = ['BEGIN_SOLUTION', 'END_SOLUTION', 'BEGIN_HIDDEN', 'END_HIDDEN', 'ALLOWED_IMPORTS', 'NOBODY', 'ExerciseError',
-           'cell_role', 'strip_solutions', 'strip_hidden', 'bound_names', 'review_reasons', 'AnswerPlan', 'plan_answer',
-           'filter_answer', 'Question', 'Exercise', 'read_exercise', 'toy_exercise', 'student_notebook',
-           'generate_exercises', 'rewrite_asserts', 'prepare_given', 'Limits', 'Isolation', 'detect_isolation',
-           'RunReport', 'run_steps', 'QuestionResult', 'GradeResult', 'find_exercise', 'read_submission',
-           'grading_steps', 'grade_notebook', 'load_exercises', 'format_result', 'write_gradebook', 'grade_many',
-           'release', 'grade_main']
+__all__ = ['BEGIN_SOLUTION', 'END_SOLUTION', 'BEGIN_HIDDEN', 'END_HIDDEN', 'ALLOWED_IMPORTS', 'KERNELSPEC', 'NOBODY',
+           'ExerciseError', 'cell_role', 'strip_solutions', 'strip_hidden', 'bound_names', 'review_reasons',
+           'AnswerPlan', 'plan_answer', 'filter_answer', 'Question', 'Exercise', 'read_exercise', 'toy_exercise',
+           'student_notebook', 'generate_exercises', 'rewrite_asserts', 'prepare_given', 'Limits', 'Isolation',
+           'detect_isolation', 'RunReport', 'run_steps', 'QuestionResult', 'GradeResult', 'find_exercise',
+           'read_submission', 'grading_steps', 'grade_notebook', 'load_exercises', 'format_result', 'write_gradebook',
+           'grade_many', 'release', 'grade_main']
 
 # %% ../nbs/90_grading.ipynb #62042fea
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
@@ -529,6 +529,10 @@ def read_exercise(path:Path|str # a solution notebook
     return ex
 
 # %% ../nbs/90_grading.ipynb #fb453c6e
+# The kernel the course installs (`make setup`: `ipykernel install --name python3 --display-name "Python 3 (mmlab)"`);
+# every notebook of the course, solutions and exercises included, names it.
+KERNELSPEC = {"display_name": "Python 3 (mmlab)", "language": "python", "name": "python3"}
+
 def _nbg_meta(grade_id:str, points:float|None=None)->dict:
     "nbgrader cell metadata of an answer (no points) or a test (points)."
     if points is None: return {"nbgrader": {"grade": False, "grade_id": grade_id, "locked": False, "schema_version": 3, "solution": True}}
@@ -556,7 +560,7 @@ def toy_exercise()->nbformat.NotebookNode:
     ]
     for i, c in enumerate(cells): c["id"] = f"toy-{i}"
     nb = new_notebook(cells=cells)
-    nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}}
+    nb.metadata = {"kernelspec": dict(KERNELSPEC)}
     return nb
 
 # %% ../nbs/90_grading.ipynb #151e41a9
@@ -575,7 +579,7 @@ def student_notebook(ex:Exercise)->nbformat.NotebookNode:
         if cell.cell_type == "code": cell.outputs, cell.execution_count = [], None
         cell.metadata = {"nbgrader": {k: m[k] for k in _CELL_KEYS if k in m}} if m else {}
         cell["id"] = cell.get("id") or hashlib.sha1(f"{ex.name}:{i}".encode()).hexdigest()[:8]
-    nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+    nb.metadata = {"kernelspec": dict(KERNELSPEC),
                    "language_info": {"name": "python"}, "mmlab": {"exercise": ex.name}}
     nb.nbformat, nb.nbformat_minor = 4, 5
     return nb
