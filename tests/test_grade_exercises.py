@@ -1,4 +1,5 @@
 """exercises/ is exactly what the generator makes of solutions/, and an untouched exercise scores less than full."""
+import ast
 import filecmp
 from pathlib import Path
 
@@ -6,7 +7,7 @@ import pytest
 
 import nbformat
 
-from mmlab.grade import KERNELSPEC, format_result, generate_exercises, grade_notebook, load_exercises
+from mmlab.grade import KERNELSPEC, _transform, cell_role, format_result, generate_exercises, grade_notebook, load_exercises
 
 ROOT = Path(__file__).resolve().parent.parent
 EXERCISES = load_exercises(ROOT / "solutions")
@@ -34,6 +35,17 @@ def test_notebooks_name_the_course_kernel(tmp_path):
     for folder in ("solutions", "exercises"):
         for p in sorted((ROOT / folder).glob("*.ipynb")):
             assert nbformat.read(p, as_version=4).metadata.get("kernelspec") == KERNELSPEC, f"{folder}/{p.name}"
+
+
+def test_every_visible_assert_has_a_message():
+    "A failing check tells the student what was wrong: every assert a student can see (tests and given cells) has a message."
+    bare = []
+    for p in sorted((ROOT / "exercises").glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(p, as_version=4).cells):
+            if cell_role(cell) in ("test", "context"):
+                bare += [f"{p.name}, cell {i}, line {node.lineno}" for node in ast.walk(ast.parse(_transform(cell.source)))
+                         if isinstance(node, ast.Assert) and node.msg is None]
+    assert not bare, f"asserts without a message: {bare}"
 
 
 @pytest.mark.parametrize("name", sorted(EXERCISES))
