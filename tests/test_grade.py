@@ -10,7 +10,7 @@ from mmlab.grade import (ExerciseError, GradeResult, QuestionResult, detect_isol
                          grade_main, grade_many, grade_notebook, plan_answer, read_exercise, release, strip_hidden,
                          strip_solutions, student_notebook, toy_exercise, write_gradebook)
 
-from toy_course import (CELL_TIMEOUT, DOUBLE, MEAN, RIGHT_DOUBLE, RIGHT_MEAN, ROOT, course, scores,  # noqa: F401 (course is a fixture)
+from toy_course import (CELL_TIMEOUT, DOUBLE, MEAN, RIGHT_DOUBLE, RIGHT_MEAN, ROOT, course, scores, shared_environment,  # noqa: F401 (fixtures)
                         submission)
 
 

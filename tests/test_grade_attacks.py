@@ -1,6 +1,11 @@
 """Every attack of issue 11 on the grader, built from the current exercise 03 (and 06 for a lying `__eq__`), graded
 in one mixed batch with honest classmates: no attack earns a point it did not earn without a review flag, the honest
-submissions get exactly their grade, and the package, the solutions and the environment are unchanged."""
+submissions get exactly their grade, and the package, the solutions and the environment are unchanged.
+
+The batch runs at the strongest isolation this machine allows (the bubblewrap sandbox as root; none where bubblewrap
+is missing): the verdict, the answer filter, the audit hook, the feedback and the batch's survival do not depend on the
+sandbox, so every machine checks them; what only the sandbox gives (no access to the solutions, a private view of
+the processes) is checked where it exists, and the unisolated path is checked on sandboxing machines too."""
 import csv
 import os
 import site
@@ -12,7 +17,7 @@ import pytest
 
 from mmlab.grade import detect_isolation, grade_many, write_gradebook
 
-from toy_course import EX03, ROOT, exercise_submission, fingerprint, reference_answers
+from toy_course import EX03, ROOT, environment_lock, exercise_submission, fingerprint, reference_answers
 
 NONE_ANSWERS = {"attention": "def attention(q, k, v, mask=None):\n    return None, None",
                 "causal_mask": "def causal_mask(lq, lk, device=None):\n    return None",
@@ -145,8 +150,7 @@ def attacks(classmate:Path, gradebook:Path)->dict[str, dict[str, str]]:
 def test_mixed_batch_of_attacks_and_honest_classmates(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-grader-secret-123456")
     iso = detect_isolation()
-    if iso.level != "sandbox":
-        pytest.skip(f"needs the root sandbox (bubblewrap and setpriv as root); here: {iso.summary}")
+    print(f"isolation: {iso.summary}")
     folder = tmp_path / "inbox"; folder.mkdir()
     ref = reference_answers(EX03)
     gradebook = folder / "gradebook.csv"
@@ -175,14 +179,18 @@ def test_mixed_batch_of_attacks_and_honest_classmates(tmp_path, monkeypatch):
     pth_before = {d: sorted(os.listdir(d)) for d in site.getsitepackages()}
     honest_bytes = honest.read_bytes()
     paths = sorted(folder.glob("*.ipynb"))
-    results = grade_many(paths, ROOT / "solutions", cell_timeout=60, total_timeout=300, jobs=2, log=lambda *a: None)
+    lines = []
+    with environment_lock(exclusive=not iso.isolated):       # unisolated, the vandal plants files in the environment
+        results = grade_many(paths, ROOT / "solutions", cell_timeout=60, total_timeout=300, jobs=2, log=lines.append)
     write_gradebook(results, gradebook)
+    assert lines[0] == f"isolation: {iso.summary}" and all(x.isolation == iso.summary for x in results)
     r = {Path(x.submission).stem.split("_0")[0]: x for x in results}
     def message(name, question): return next(q for q in r[name].questions if q.name == question).message
 
     # honest classmates get exactly their grade, with no review
     assert (r["zz_honest"].total, r["zz_honest"].review) == (11, False), r["zz_honest"]
-    assert honest.read_bytes() == honest_bytes
+    if iso.isolated:      # unisolated, the detached vandal may overwrite it on disk; the grade came from what was read first
+        assert honest.read_bytes() == honest_bytes
     assert (r["helper"].total, r["helper"].review) == (11, False) and any("took _positions" in n for n in r["helper"].notes)
     assert (r["badmeta"].total, r["badmeta"].error) == (11, ""), r["badmeta"]
     f = r["flipped"]
@@ -193,10 +201,11 @@ def test_mixed_batch_of_attacks_and_honest_classmates(tmp_path, monkeypatch):
     assert "got:      [[True, True, True], [False, True, True], [False, False, True]]" in q, q
     assert "expected: [[True, False, False], [True, True, False], [True, True, True]]" in q
 
-    # no attack earns a point without a review flag; most earn none at all
+    # no attack earns a point without a review flag; most earn none at all (unisolated, reading the solutions works)
     for name in attacks(honest, gradebook):
         assert r[name].review, (name, r[name])
-        if name not in ("leak", "flood_and_patch"): assert r[name].total == 0, (name, r[name])
+        if name not in ("leak", "flood_and_patch") and (iso.isolated or name != "read_solutions"):
+            assert r[name].total == 0, (name, r[name])
     reasons = {name: " | ".join(r[name].review_reasons) for name in attacks(honest, gradebook)}
     for needle in ("__init_subclass__", "__class_getitem__", "`functools` is bound by the answer"):
         assert needle in reasons["define_time"], (needle, reasons["define_time"])
@@ -204,16 +213,18 @@ def test_mixed_batch_of_attacks_and_honest_classmates(tmp_path, monkeypatch):
         assert needle in reasons["define_time2"], (needle, reasons["define_time2"])
     for needle in ("get_ipython", "_showtraceback", "gc.get_objects", "sys._getframe"):
         assert needle in reasons["forge"], (needle, reasons["forge"])
-    assert "opened /work" in reasons["read_solutions"] or f"opened {ROOT}" in reasons["read_solutions"]
+    assert any("opened" in x and "solutions" in x for x in r["read_solutions"].review_reasons), reasons["read_solutions"]
     for needle in (PTH, "grade_driver.cpython", "started a process"):
         assert needle in reasons["vandal"], (needle, reasons["vandal"])
     assert "changed torch.testing.assert_close (put back)" in reasons["flood_and_patch"]
     assert not any("quoted a hidden test" in x for res in results for x in res.review_reasons)
     # nothing secret or foreign reaches the feedback
     leak = message("leak", "q_attention_shapes")
-    assert "ValueError: leak:" in leak and "MMLAB_GRADE_RUN" in leak and "OPENAI" not in leak and "sk-grader" not in leak
-    seen = message("leak", "q_causal")
-    assert "cmdline: /usr/bin/bwrap --args" in seen and str(folder) not in seen and "solutions" not in seen
+    assert "ValueError: leak:" in leak and "MMLAB_GRADE_RUN" in leak and "sk-grader" not in leak     # the kernel's own
+    if iso.isolated:                              # and the parent's environment: unisolated, only the value is redacted
+        assert "OPENAI" not in leak
+        seen = message("leak", "q_causal")
+        assert f"cmdline: {iso.bwrap} --args" in seen and str(folder) not in seen and "solutions" not in seen
     # resources: the flood stopped at the output limit, costing only its own questions
     assert "output limit" in message("flood_and_patch", "q_padding")
     assert message("flood_and_patch", "q_padding_hidden") == "hidden test failed (output-limit)"
@@ -255,6 +266,9 @@ def _running(marker:str)->bool:
 
 def test_unisolated_batch_says_so_flags_and_repairs(tmp_path, monkeypatch):
     "Where the grader cannot isolate (forced here), it says so, still grades, flags the attacks and repairs what they did."
+    if not detect_isolation().isolated:
+        pytest.skip("the mixed batch already ran every attack unisolated, as this machine cannot isolate: "
+                    + detect_isolation().summary)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-grader-secret-123456")
     folder = tmp_path / "inbox"; folder.mkdir()
     ref = reference_answers(EX03)
@@ -266,8 +280,9 @@ def test_unisolated_batch_says_so_flags_and_repairs(tmp_path, monkeypatch):
     honest_bytes = honest.read_bytes()
     before = {k: v for k, v in fingerprint(ROOT / "mmlab", ROOT / "solutions").items() if "__pycache__" not in k}
     lines = []
-    results = grade_many(sorted(folder.glob("*.ipynb")), ROOT / "solutions", cell_timeout=60, total_timeout=300,
-                         jobs=2, isolation="none", log=lines.append)
+    with environment_lock(exclusive=True):
+        results = grade_many(sorted(folder.glob("*.ipynb")), ROOT / "solutions", cell_timeout=60, total_timeout=300,
+                             jobs=2, isolation="none", log=lines.append)
     write_gradebook(results, gradebook)
     assert lines[0].startswith("isolation: NOT ISOLATED") and all(x.isolation.startswith("NOT ISOLATED") for x in results)
     r = {Path(x.submission).stem.split("_0")[0]: x for x in results}

@@ -5,7 +5,7 @@ import textwrap
 
 from mmlab.grade import Limits, detect_isolation, grade_many, grade_notebook
 
-from toy_course import CELL_TIMEOUT, DOUBLE, MEAN, RIGHT_DOUBLE, RIGHT_MEAN, course, scores, submission  # noqa: F401 (course is a fixture)
+from toy_course import CELL_TIMEOUT, DOUBLE, MEAN, RIGHT_DOUBLE, RIGHT_MEAN, course, scores, shared_environment, submission  # noqa: F401 (fixtures)
 
 
 def test_solution_full_marks_and_untouched_exercise_zero(course):

@@ -1,5 +1,10 @@
 """Courses for the grader's tests: the toy exercise (fast, pure Python) and submissions built from the real
 exercise 03 (they follow the exercise when it changes)."""
+import fcntl
+import hashlib
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
@@ -63,3 +68,21 @@ def exercise_submission(folder:Path, name:str, answers:dict[str, str], exercise:
 def fingerprint(*dirs)->dict[str, bytes]:
     "Every file under `dirs` (bytecode included) and its content."
     return {str(p): p.read_bytes() for d in dirs for p in sorted(Path(d).rglob("*")) if p.is_file()}
+
+
+@contextmanager
+def environment_lock(exclusive:bool):
+    """Held while a test grades with `grade_many`, whose guard puts back any change to the package or the Python
+    environment and flags the submission that was running. Unisolated attack batches plant files there on purpose
+    (exclusive); other batches (shared) must not run meanwhile, on this machine's other workers or checkouts."""
+    key = hashlib.sha1(sys.prefix.encode()).hexdigest()[:12]
+    with open(Path(tempfile.gettempdir()) / f"mmlab-grade-tests-{key}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try: yield
+        finally: fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture(autouse=True)
+def shared_environment():
+    "Grading tests that plant nothing in the environment run together, never beside one that does."
+    with environment_lock(exclusive=False): yield
