@@ -267,3 +267,18 @@ def test_mmlab_console_script_dispatches_grade(course, tmp_path):
     assert main(["grade", "--generate", "--solutions", str(root / "solutions"), "--exercises", str(exe)]) == 0
     assert main(["grade", "--generate", "--check", "--solutions", str(root / "solutions"), "--exercises", str(exe)]) == 0
     assert (exe / "00_toy.ipynb").exists()
+
+
+def test_feedback_never_carries_a_hidden_test_or_a_secret(course, monkeypatch):
+    "What an answer smuggles into an error message (a hidden test it spied on, the grader's API key) never reaches feedback."
+    from mmlab.grade import _clean
+    _, exs = course
+    ex = exs["00_toy"]
+    hidden = next(line for line in ex.hidden_lines if "double(-3)" in line)
+    reviews = []
+    assert _clean(f"AssertionError: I saw {hidden!s} earlier", ex, reviews) == "(message withheld: it quoted a hidden test)"
+    assert reviews == ["its feedback quoted a hidden test"]
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-grader-secret-123456")
+    reviews = []
+    assert _clean("ValueError: \x1b[31mkey sk-grader-secret-123456\x1b[0m", ex, reviews) == "ValueError: key [redacted]"
+    assert reviews == ["its feedback contained the value of OPENAI_API_KEY"]
