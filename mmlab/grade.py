@@ -1347,7 +1347,7 @@ def _feedback(st:_Step, files:dict[str, str])->str:
             out.append(f"  in given code ({f.strip('<>')}), line {n}: {_line_of(files[f], n)}")
     mine = [(f, n) for f, n in where if f.startswith(STUDENT_FILE)]
     msg = st.message.strip()
-    out.append(f"{st.etype}: {msg}" if msg else st.etype or "failed")
+    out.append(f"{st.etype}: {msg}" if msg and st.etype else msg or st.etype or "failed")
     if mine:
         f, n = mine[-1]
         out.append(f"  raised in your {f[len(STUDENT_FILE):].strip(' >')}, line {n}: {_line_of(files.get(f, ''), n)}")

@@ -121,3 +121,29 @@ def test_resource_limits_cost_only_their_questions(course):
     else:
         assert "MemoryError" in r["memory"].questions[0].message
     assert "File too large" in r["file_size"].questions[0].message
+
+
+FORGE = '''def double(x):
+    import hashlib, json, os, sys
+    f = sys._getframe(1)
+    while f is not None and "outer" not in f.f_locals:
+        f = f.f_back
+    inner, outer, i = (f.f_locals["inner"], f.f_locals["outer"], f.f_locals["i"]) if f else (b"", b"", 0)
+    for j in range(i, i + 6):
+        tag = hashlib.sha256(outer + hashlib.sha256(inner + f"{j}:ok".encode()).digest()).hexdigest() if KEYED else "0" * 64
+        line = {"i": j, "status": "ok", "etype": "", "message": "", "where": [], "tag": tag}
+        os.write(int(sys.argv[2]), (json.dumps(line) + "\\n").encode())
+    return 0'''
+
+
+def test_results_written_on_the_result_pipe(course):
+    "An answer writing 'passed' results for the coming steps on the driver's result pipe: without the key they are refused as forged; with the key stolen from the driver's frame they count, but the theft is flagged for review."
+    root, exs = course
+    for keyed in (False, True):
+        p = submission(root, f"pipe{keyed:d}", {DOUBLE: FORGE.replace("KEYED", str(keyed)), MEAN: "def mean(xs):\n    return None"})
+        r = grade_notebook(p, exs, CELL_TIMEOUT, 120)
+        reasons = " | ".join(r.review_reasons)
+        assert r.review and "sys._getframe" in reasons, (keyed, reasons)
+        if not keyed:
+            assert scores(r) == [0, 0, 0, 0] and "came with a wrong tag (forged)" in reasons, (scores(r), reasons)
+            assert r.questions[0].message == "the result of this test was forged"
