@@ -19,7 +19,7 @@ from pathlib import Path
 from .core import OPTIONAL_PARTS, MissingExtraError, atomic_write, doctor, format_table, seed_everything
 
 # %% auto #0
-__all__ = ['COMMANDS', 'main', 'doctor_main', 'train_main', 'evaluate_main']
+__all__ = ['COMMANDS', 'ENCODER_FAMILIES', 'main', 'doctor_main', 'train_main', 'evaluate_main']
 
 # %% ../nbs/04e_cli.ipynb #cb39cb81
 COMMANDS = {   # name -> (module, function taking argv and returning an exit code, one-line help)
@@ -58,14 +58,21 @@ def _check_choice(kind:str, value:str, valid, plural:str):
 def _stage(msg:str, quiet:bool):
     if not quiet: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+ENCODER_FAMILIES = ("plain", "liquid-spiking")
+
 def _train_parser()->argparse.ArgumentParser:
     from mmlab.fusion import STRATEGIES
+    from mmlab.neuro import FusionStrategy
     from mmlab.recipes import DATASETS
     p = argparse.ArgumentParser(prog="mmlab train", description="Train a fusion model on a course dataset.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="trimodal", help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--modalities", nargs="+", default=None, help="2 or more of the dataset's modalities (default: all)")
-    p.add_argument("--fusion-strategy", default="tensor", help=f"one of {', '.join(STRATEGIES)}")
+    p.add_argument("--encoder", default="plain", choices=ENCODER_FAMILIES,
+                   help="plain: chapter 04's encoders, pre-trained then fine-tuned; liquid-spiking: chapter 05's, trained end to end")
+    p.add_argument("--fusion-strategy", default="tensor", help=f"plain: one of {', '.join(STRATEGIES)}; liquid-spiking: one of "
+                                                                f"{', '.join(s.value for s in FusionStrategy)}")
+    p.add_argument("--fusion-dim", type=int, default=64, help="width of the fused representation (liquid-spiking)")
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--pretrain-epochs", type=int, default=2, help="epochs of unimodal encoder pre-training (0: none)")
     p.add_argument("--batch-size", type=int, default=64)
@@ -83,11 +90,14 @@ def train_main(argv:list[str])->int:
     "`mmlab train`: pre-train encoders, fit a composed fusion model, print its metrics, save checkpoints."
     from mmlab.evaluate import evaluate_model, metrics_table
     from mmlab.fusion import STRATEGIES, MultimodalClassifier, make_encoder
+    from mmlab.neuro import FusionStrategy, MultiModalFusionNetwork, liquid_configs
     from mmlab.recipes import DATASETS, build_data, pretrain_encoders
     from mmlab.train import fit, history_table, load_checkpoint
     args = _train_parser().parse_args(argv)
+    liquid = args.encoder == "liquid-spiking"
     _check_choice("dataset", args.dataset, DATASETS, "datasets")
-    _check_choice("fusion strategy", args.fusion_strategy, STRATEGIES, "fusion strategies")
+    _check_choice("fusion strategy", args.fusion_strategy, [s.value for s in FusionStrategy] if liquid else STRATEGIES,
+                  f"fusion strategies{' of liquid-spiking encoders' if liquid else ''}")
     spec = DATASETS[args.dataset]
     mods = args.modalities or list(spec.modalities)
     for m in mods: _check_choice("modality", m, spec.modalities, f"modalities of {args.dataset}")
@@ -97,23 +107,28 @@ def train_main(argv:list[str])->int:
     seed_everything(args.seed)
     _stage(f"making {args.dataset}: {args.n_train} training and {args.n_val} validation samples (cached after the first run)", quiet)
     train, val = build_data(data_spec)
-    encs = {m: make_encoder(spec.modalities[m]) for m in mods}
-    if args.pretrain_epochs > 0:
-        _stage(f"pre-training the {', '.join(mods)} encoders on their own targets ({args.pretrain_epochs} epochs each)", quiet)
-        accs = pretrain_encoders(encs, train, val, spec.targets, spec.num_classes, epochs=args.pretrain_epochs, seed=args.seed)
-        print("probe accuracy of each encoder on its own target:", ", ".join(f"{m} {a:.3f}" for m, a in accs.items()))
-    model = MultimodalClassifier(encs, args.fusion_strategy, spec.num_classes, modality_dropout=args.modality_dropout)
-    out = Path(args.output or f"runs/{args.dataset}-{args.fusion_strategy}")
-    _stage(f"training {args.fusion_strategy} fusion end to end for {args.epochs} epochs", quiet)
+    name = f"{args.encoder}-{args.fusion_strategy}" if liquid else args.fusion_strategy
+    if liquid:       # chapter 05: spiking-then-liquid encoders, trained end to end with the fusion
+        configs = liquid_configs({m: spec.modalities[m] for m in mods}, spec.liquid)
+        model = MultiModalFusionNetwork(configs, args.fusion_strategy, fusion_dim=args.fusion_dim, output_dim=spec.num_classes)
+    else:
+        encs = {m: make_encoder(spec.modalities[m]) for m in mods}
+        if args.pretrain_epochs > 0:
+            _stage(f"pre-training the {', '.join(mods)} encoders on their own targets ({args.pretrain_epochs} epochs each)", quiet)
+            accs = pretrain_encoders(encs, train, val, spec.targets, spec.num_classes, epochs=args.pretrain_epochs, seed=args.seed)
+            print("probe accuracy of each encoder on its own target:", ", ".join(f"{m} {a:.3f}" for m, a in accs.items()))
+        model = MultimodalClassifier(encs, args.fusion_strategy, spec.num_classes, modality_dropout=args.modality_dropout)
+    out = Path(args.output or f"runs/{args.dataset}-{name}")
+    _stage(f"training {name} fusion end to end for {args.epochs} epochs", quiet)
     res = fit(model, train, val, epochs=args.epochs, lr=args.lr, seed=args.seed, batch_size=args.batch_size,
               monitor="val_acc", checkpoint_dir=str(out), progress=not quiet)
     print(history_table(res.history))
     for ck in (res.best_checkpoint, res.last_checkpoint):
-        if ck is not None: atomic_write(Path(ck) / "data.json", json.dumps(dict(data_spec, train_seconds=res.seconds), indent=1))
+        if ck is not None: atomic_write(Path(ck) / "data.json", json.dumps(dict(data_spec, model=name, train_seconds=res.seconds), indent=1))
     best = res.model
     load_checkpoint(res.best_checkpoint, best)
     report = evaluate_model(best, val, train_seconds=res.seconds)
-    print(metrics_table({f"{args.dataset}/{args.fusion_strategy}": report}))
+    print(metrics_table({f"{args.dataset}/{name}": report}))
     print(f"best checkpoint: {res.best_checkpoint}\nevaluate it with: mmlab evaluate {out}")
     return 0
 
@@ -121,7 +136,7 @@ def train_main(argv:list[str])->int:
 def evaluate_main(argv:list[str])->int:
     "`mmlab evaluate CHECKPOINT`: reload a trained model and print its metrics, ablation and contributions."
     from mmlab.evaluate import ablation, evaluate_model, metrics_table, shapley_contributions
-    from mmlab.recipes import build_data, load_trained
+    from mmlab.recipes import DATASETS, build_data, load_trained
     p = argparse.ArgumentParser(prog="mmlab evaluate", description="Evaluate a checkpoint written by `mmlab train`.")
     p.add_argument("checkpoint", help="a checkpoint directory (best/ or last/) or the run directory holding best/")
     args = p.parse_args(argv)
@@ -131,12 +146,12 @@ def evaluate_main(argv:list[str])->int:
     d = info["data"]
     _, val = build_data(d)
     rep = evaluate_model(model, val, train_seconds=d.get("train_seconds"))
-    print(metrics_table({f"{d['dataset']}/{model.config.fusion}": rep}))
+    print(metrics_table({f"{d['dataset']}/{d.get('model') or model.config.fusion}": rep}))
     print(rep.report)
     abl = ablation(model, val)
     print("ablation (accuracy with only these modalities present):")
     print(format_table([{"modalities": "+".join(s), "accuracy": a} for s, a in abl.items()]))
-    phi = shapley_contributions(abl, model.config.num_classes)
+    phi = shapley_contributions(abl, DATASETS[d["dataset"]].num_classes)
     print("modality contributions (Shapley, accuracy above chance):")
     print(format_table([{"modality": m, "contribution": v} for m, v in phi.items()]))
     return 0

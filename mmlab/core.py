@@ -26,12 +26,12 @@ import torch
 
 # %% auto #0
 __all__ = ['DEFAULT_SETTINGS', 'HUB_HOST', 'TINY_VOCAB_SIZE', 'TINY_CONFIGS', 'CHECKPOINTS', 'COURSE_WORDS', 'TINY_TOKENIZERS',
-           'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'format_table', 'SettingsError', 'Settings', 'find_settings_file',
-           'settings', 'get_device', 'autocast_dtype', 'seed_everything', 'is_offline', 'register_tiny_config',
-           'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config', 'tiny_vit_config',
-           'tiny_gpt2_config', 'tiny_llava_config', 'register_tiny_tokenizer', 'atomic_write', 'atomic_dir',
-           'tiny_checkpoint', 'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer', 'register_tiny_processor',
-           'load_processor', 'MissingExtraError', 'require', 'doctor']
+           'TINY_PROCESSORS', 'OPTIONAL_PARTS', 'REFERENCE_PARTS', 'format_table', 'SettingsError', 'Settings',
+           'find_settings_file', 'settings', 'get_device', 'autocast_dtype', 'seed_everything', 'is_offline',
+           'register_tiny_config', 'register_checkpoint', 'tiny_clip_config', 'tiny_bert_config', 'tiny_vilt_config',
+           'tiny_vit_config', 'tiny_gpt2_config', 'tiny_llava_config', 'register_tiny_tokenizer', 'atomic_write',
+           'atomic_dir', 'tiny_checkpoint', 'load_pretrained', 'tiny_tokenizer_dir', 'load_tokenizer',
+           'register_tiny_processor', 'load_processor', 'MissingExtraError', 'require', 'doctor']
 
 # %% ../nbs/00_setup.ipynb #bd23a576
 def _cell(v, digits:int)->str:
@@ -604,10 +604,21 @@ def require(module:str, # the import name, e.g. 'datasets'
         raise MissingExtraError(f"{needed_for} needs the package {module!r}, which is not installed: "
                                 f"pip install 'mmlab[{extra}]' (or 'mmlab[course]' for everything)") from None
 
+REFERENCE_PARTS = {   # import name -> what the tests compare with it (the `test` extra; `make lab` does not install it)
+    "ncps": "reference liquid cells, chapter 05 parity", "snntorch": "reference spiking neurons, chapter 05 parity",
+}
+
 def _version(mod:str)->str|None:
     try: m = importlib.import_module(mod)
     except Exception: return None
     return getattr(m, "__version__", None) or "installed"
+
+def _dist_version(mod:str)->str|None:
+    "The installed distribution's version (some packages' __version__ is stale), or None when missing."
+    import importlib.metadata
+    if importlib.util.find_spec(mod) is None: return None
+    try: return importlib.metadata.version(mod)
+    except importlib.metadata.PackageNotFoundError: return _version(mod)
 
 def doctor()->int:
     "Print what the course will run with; 0 when the library works (torch, transformers, settings), whatever is optional."
@@ -628,6 +639,9 @@ def doctor()->int:
         v = _version(mod)
         if not v: missing.append(extra)
         rows.append((mod, f"{v}  ({why})" if v else f"missing  ({why}; pip install 'mmlab[{extra}]')"))
+    for mod, why in REFERENCE_PARTS.items():          # for the tests only: not counted as missing for the course
+        v = _dist_version(mod)
+        rows.append((mod, f"{v}  ({why})" if v else f"missing  ({why}; pip install 'mmlab[test]')"))
     w = max(len(k) for k, _ in rows)
     for k, v in rows: print(f"{k:<{w}}  {v}")
     if not ok: print("the library cannot run here: fix the lines marked ERROR")

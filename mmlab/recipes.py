@@ -6,7 +6,7 @@ what happens when a modality is missing at test time, with and without modality 
 
 # %% ../nbs/04d_fusion_experiment.ipynb #f46e5f82
 # The fusion course's recipes: which generated dataset goes with which encoders, unimodal pre-training of the
-# encoders with linear probes, frozen features, and reloading a trained classifier. The command line (`mmlab train`,
+# encoders with linear probes, frozen features, and reloading a trained model. The command line (`mmlab train`,
 # `mmlab evaluate`) and this notebook's experiment both use them.
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from .data.schema import Batch, Collate, course_vocab
+from .data.synth import ROBOT_CHANNELS
 from .fusion import Encoder, MultimodalClassifier
+from .neuro import ROBOT_TIME_SCALE, MultiModalFusionNetwork
 from .train import ClassifierOutput, fit, load_checkpoint, read_checkpoint_meta
 
 # %% auto #0
@@ -34,6 +36,7 @@ class CourseDataset:
     num_classes: int
     targets: dict[str, str]            # modality -> label column its encoder is pre-trained on
     options: dict = field(default_factory=dict)   # fixed generator options
+    liquid: dict[str, dict] = field(default_factory=dict)   # modality -> extra fields of chapter 05's liquid-spiking encoders
 
 _TEXT = dict(kind="text", vocab_size=len(course_vocab()))
 DATASETS = {
@@ -44,6 +47,10 @@ DATASETS = {
                                                   "text": _TEXT}, 10, {"vision": "label", "audio": "label", "text": "label"}),
     "sentiment": CourseDataset("make_sentiment", {"vision": dict(kind="vision", in_channels=3), "audio": dict(kind="audio", sample_rate=8000),
                                                   "text": _TEXT}, 3, {"vision": "label", "audio": "label", "text": "label"}),
+    "robot_navigation": CourseDataset("make_robot_navigation", {"vision": dict(kind="vision", in_channels=3),
+                                                                "sensor": dict(kind="sensor", in_channels=len(ROBOT_CHANNELS))}, 4,
+                                      {"vision": "label", "sensor": "label"},
+                                      liquid={"sensor": dict(time_channel=0, time_scale=ROBOT_TIME_SCALE)}),
 }
 
 # %% ../nbs/04d_fusion_experiment.ipynb #b8c455be
@@ -133,16 +140,17 @@ def encode_batch(encoders:dict[str, Encoder], data:Batch, batch_size:int=256)->B
 
 # %% ../nbs/04d_fusion_experiment.ipynb #77ce0ab7
 def load_trained(checkpoint:str|Path # a best/ or last/ directory, or the run directory holding best/
-                )->tuple[MultimodalClassifier, dict]: # the model in eval mode, and {checkpoint, data, trainer}
-    "The MultimodalClassifier saved in `checkpoint`, with the data spec and trainer state saved beside it."
+                )->tuple[nn.Module, dict]: # the model in eval mode, and {checkpoint, data, trainer}
+    "The model (a MultimodalClassifier or a liquid-spiking network) saved in `checkpoint`, with its data spec and trainer state."
     ck = Path(checkpoint)
     if (ck / "best" / "trainer_state.json").is_file(): ck = ck / "best"
     meta = read_checkpoint_meta(ck)
     if not meta.get("model_config"):
         raise ValueError(f"checkpoint {ck} has no model config; it was not written for a MultimodalClassifier")
-    try: model = MultimodalClassifier.from_config(meta["model_config"])
+    cls = MultiModalFusionNetwork if "modality_configs" in meta["model_config"] else MultimodalClassifier
+    try: model = cls.from_config(meta["model_config"])
     except (TypeError, KeyError, ValueError) as e:
-        raise ValueError(f"checkpoint {ck}: its model config does not describe a MultimodalClassifier ({e})") from None
+        raise ValueError(f"checkpoint {ck}: its model config does not describe a {cls.__name__} ({e})") from None
     load_checkpoint(ck, model)
     data = None
     if (ck / "data.json").is_file():

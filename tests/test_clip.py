@@ -129,3 +129,32 @@ def test_fit_clip_learns_a_tiny_matching_problem(one_thread):
     assert abs(hist["temperature"][-1] - hist["temperature"][0]) > 1e-3          # the temperature is learned, not fixed
     assert m.logit_scale.value.grad is not None
     with pytest.raises(ValueError, match=r"\(T, 12\)"): m.encode_text(torch.randn(3, 10))
+
+
+def test_trained_shape_clip_trains_once_per_arguments_and_refuses_bad_cache_files(tmp_path, monkeypatch, one_thread):
+    import json
+    import re
+    from types import SimpleNamespace
+    from safetensors.torch import load_file, save_file
+    import mmlab.clip as clip_mod
+    monkeypatch.setattr(clip_mod, "settings", lambda: SimpleNamespace(cache_dir=tmp_path))
+    calls, fit = [], clip_mod.fit_clip
+    monkeypatch.setattr(clip_mod, "fit_clip", lambda *a, **kw: calls.append(kw["steps"]) or fit(*a, **kw))
+    args = dict(n_train=24, steps=3, batch_size=8)
+    enc, hist = clip_mod.trained_shape_clip(**args)
+    again, hist2 = clip_mod.trained_shape_clip(**args)                 # from the cache: no training
+    assert calls == [3] and hist2 == hist and len(hist["loss"]) == 3
+    sd, sd2 = enc.model.state_dict(), again.model.state_dict()
+    assert all(torch.equal(sd[k].cpu(), sd2[k].cpu()) for k in sd)
+    emb = again.encode_text(["a red circle above a blue square", "a green triangle"])
+    assert emb.shape == (2, again.model.cfg.embed_dim) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+    clip_mod.trained_shape_clip(**args | {"steps": 4})                  # another recipe, another entry
+    clip_mod.trained_shape_clip(**args, cache=False)                    # trains, writes nothing
+    dirs = sorted((tmp_path / "clip").iterdir())
+    assert calls == [3, 4, 3] and len(dirs) == 2
+    weights = next(d for d in dirs if json.loads((d / "recipe.json").read_text())["steps"] == 3) / "model.safetensors"
+    good = weights.read_bytes()
+    bad = load_file(weights); bad[next(iter(bad))][0] = float("nan"); save_file(bad, weights)
+    with pytest.raises(ValueError, match="NaN or inf"): clip_mod.trained_shape_clip(**args)
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=re.escape(f"{weights}: cannot read")): clip_mod.trained_shape_clip(**args)

@@ -223,6 +223,10 @@ def test_cli_doctor_reports_cpu_and_offline(lab):
     assert lines["device"].strip() == ("cuda" if torch.cuda.is_available() else "cpu")
     assert lines["offline"].startswith("True")
     assert "the library works here" in r.stdout
+    for ref in ("ncps", "snntorch"):             # the parity references of chapter 05, with their distribution versions
+        import importlib.metadata, importlib.util
+        want = importlib.metadata.version(ref) if importlib.util.find_spec(ref) else "missing"
+        assert lines[ref].startswith(want) and "chapter 05" in lines[ref], lines[ref]
 
 
 def test_cli_doctor_fails_on_broken_settings(lab):

@@ -4,9 +4,9 @@ import pytest
 import datasets
 
 from mmlab.data import synth
-from mmlab.data.synth import make_trimodal, make_shape_captions, make_av_digits, make_sentiment
+from mmlab.data.synth import make_trimodal, make_shape_captions, make_av_digits, make_sentiment, make_robot_navigation
 
-GENERATORS = [make_trimodal, make_shape_captions, make_av_digits, make_sentiment]
+GENERATORS = [make_trimodal, make_shape_captions, make_av_digits, make_sentiment, make_robot_navigation]
 
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch): monkeypatch.setenv("MMLAB_CACHE_DIR", str(tmp_path / "cache"))
@@ -100,3 +100,33 @@ def test_sentiment_cues_disagree_and_go_missing_at_the_asked_rates():
         assert abs((cue[has] != y[has]).mean() - p) < .07
         assert ((cue == -1) == ~has).all() and abs((~has).mean() - .2) < .06
     assert all(r["has_text"] or r["has_image"] or r["has_audio"] for r in ds)
+
+
+def test_robot_navigation_label_follows_the_rule_and_needs_the_turn():
+    ds = make_robot_navigation(400, seed=3, sampling="irregular", cache=False)
+    y = np.asarray(ds["label"]); now, cam = np.asarray(ds["bearing_now"]), np.asarray(ds["goal_bearing"])
+    dist, front = np.asarray(ds["goal_distance"]), np.asarray(ds["front_clearance"])
+    blocked = front < 0.5
+    assert set(y[blocked]) <= {1, 2} and (y[~blocked & (dist < 0.8)] == 3).all()
+    free = ~blocked & (dist >= 0.8)
+    rule = np.where(now > 15, 1, np.where(now < -15, 2, 0))
+    assert (y[free] == rule[free]).all()
+    assert np.allclose(now, cam - np.asarray(ds["yaw_change"]), atol=1e-4)
+    for r in ds.select(range(20)):
+        s = np.asarray(r["sensor"])
+        assert s.shape[1] == len(synth.ROBOT_CHANNELS) and 8 <= len(s) <= 16
+        assert (np.diff(s[:, 0]) > 0).all() and 0 < s[0, 0] and s[-1, 0] <= 1.0     # increasing times in the window
+
+def test_robot_navigation_irregular_sampling_bunches_readings_and_drop_hides_modalities():
+    gaps = {m: np.concatenate([np.diff(np.asarray(r["sensor"])[:, 0]) for r in make_robot_navigation(100, seed=0, sampling=m, cache=False)])
+            for m in ("regular", "irregular")}
+    assert gaps["irregular"].std() > 3 * gaps["regular"].std()
+    reg, irr = (make_robot_navigation(30, seed=4, sampling=m, cache=False) for m in ("regular", "irregular"))
+    for col in ("label", "goal_bearing", "yaw_change", "goal_distance"): assert reg[col] == irr[col]   # same scenes
+    assert [len(s) for s in reg["sensor"]] == [len(s) for s in irr["sensor"]] and reg["sensor"] != irr["sensor"]
+    ds = make_robot_navigation(200, seed=0, drop={"image": 0.5}, cache=False)
+    has = np.asarray(ds["has_image"])
+    assert 0.3 < has.mean() < 0.7 and all((r["image"] is None) == (not r["has_image"]) for r in ds)
+    assert all(r["has_sensor"] for r in ds)
+    with pytest.raises(ValueError, match="sampling"): make_robot_navigation(4, sampling="bursty", cache=False)
+    with pytest.raises(ValueError, match="readings"): make_robot_navigation(4, readings=(5, 3), cache=False)
