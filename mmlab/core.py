@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import configparser
 import importlib
-import math
 import importlib.util
+import math
 import os
 import platform
 import random
@@ -433,6 +433,11 @@ def _tiny_llava_tokenizer(d:Path):
                             pad_token="<pad>", model_max_length=512).save_pretrained(d)
 
 # %% ../nbs/00_setup.ipynb #1d6b7657
+def _umask()->int:
+    "The process's umask (read by setting it and putting it back)."
+    mask = os.umask(0o022); os.umask(mask)
+    return mask
+
 def atomic_write(path:str|Path, # the file to write (its directory is created)
                  data:str|bytes|Callable[[Path], None] # the content, or a function that writes to the path it is given
                 )->Path:
@@ -445,6 +450,7 @@ def atomic_write(path:str|Path, # the file to write (its directory is created)
         elif isinstance(data, (bytes, bytearray)): tmp.write_bytes(data)
         elif callable(data): data(tmp)
         else: raise TypeError(f"atomic_write: data must be str, bytes or a function of a path, got {type(data).__name__}")
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())   # mkstemp's file is 0600
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -462,6 +468,7 @@ def atomic_dir(target:str|Path, # the directory to create
     old = target.parent / f".{target.name}-old-{tmp.name.rsplit('-', 1)[-1]}"
     try:
         write(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())                        # mkdtemp's directory is 0700: others could not read it
         if overwrite and target.exists(): target.rename(old)   # the old copy stays whole until the new one is in place
         try: tmp.rename(target)
         except OSError:          # another process finished first: keep its copy
