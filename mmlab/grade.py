@@ -529,9 +529,9 @@ def read_exercise(path:Path|str # a solution notebook
     return ex
 
 # %% ../nbs/90_grading.ipynb #fb453c6e
-# The kernel the course installs (`make setup`: `ipykernel install --name python3 --display-name "Python 3 (mmlab)"`);
-# every notebook of the course, solutions and exercises included, names it.
-KERNELSPEC = {"display_name": "Python 3 (mmlab)", "language": "python", "name": "python3"}
+# The kernel the course installs (`make setup`: `ipykernel install --name python3 --display-name python3`); every
+# notebook of the course names it the way nbdev-clean stores it (display name = name), so none opens modified.
+KERNELSPEC = {"display_name": "python3", "language": "python", "name": "python3"}
 
 def _nbg_meta(grade_id:str, points:float|None=None)->dict:
     "nbgrader cell metadata of an answer (no points) or a test (points)."

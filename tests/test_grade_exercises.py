@@ -25,14 +25,14 @@ def test_exercises_are_up_to_date(tmp_path):
 
 def test_notebooks_name_the_course_kernel(tmp_path):
     "Exercises open on the kernel `make setup` installs, as the lessons and solutions do, whatever a solution says."
-    assert KERNELSPEC == {"display_name": "Python 3 (mmlab)", "language": "python", "name": "python3"}
+    assert KERNELSPEC == {"display_name": "python3", "language": "python", "name": "python3"}
     sol = tmp_path / "solutions"; sol.mkdir()
     nb = nbformat.read(ROOT / "solutions" / "03_attention_masks.ipynb", as_version=4)
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
     nbformat.write(nb, sol / "03_attention_masks.ipynb")
     generate_exercises(sol, tmp_path / "exercises")
     assert nbformat.read(tmp_path / "exercises" / "03_attention_masks.ipynb", as_version=4).metadata.kernelspec == KERNELSPEC
-    for folder in ("solutions", "exercises"):
+    for folder in ("nbs", "solutions", "exercises"):
         for p in sorted((ROOT / folder).glob("*.ipynb")):
             assert nbformat.read(p, as_version=4).metadata.get("kernelspec") == KERNELSPEC, f"{folder}/{p.name}"
 
