@@ -459,6 +459,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             'mmlab.core._parse_seed': ('setup.html#_parse_seed', 'mmlab/core.py'),
                             'mmlab.core._read_ini': ('setup.html#_read_ini', 'mmlab/core.py'),
                             'mmlab.core._say': ('setup.html#_say', 'mmlab/core.py'),
+                            'mmlab.core._shipped_tokenizer': ('setup.html#_shipped_tokenizer', 'mmlab/core.py'),
                             'mmlab.core._tiny_blip_processor': ('setup.html#_tiny_blip_processor', 'mmlab/core.py'),
                             'mmlab.core._tiny_bytebpe_tokenizer': ('setup.html#_tiny_bytebpe_tokenizer', 'mmlab/core.py'),
                             'mmlab.core._tiny_clip_processor': ('setup.html#_tiny_clip_processor', 'mmlab/core.py'),

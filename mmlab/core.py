@@ -549,10 +549,23 @@ def _tokenizer_family(name:str)->str:
     raise KeyError(f"no tiny tokenizer is known for {name!r}; register it with mmlab.core.register_checkpoint "
                    f"(tokenizer families: {', '.join(sorted(TINY_TOKENIZERS))})")
 
+def _shipped_tokenizer(name:str, fam:str)->Path|None:
+    "The tiny tokenizer the package ships for `name` (or its family), if any."
+    import importlib.resources
+    root = importlib.resources.files("mmlab") / "assets" / "tiny_tokenizers"
+    for key in (name.strip("/").replace("/", "--"), f"default-{fam}"):
+        if (root / key).is_dir(): return Path(str(root / key))
+    return None
+
 def tiny_tokenizer_dir(name:str)->Path:
-    "Train (once) and save the tiny tokenizer standing in for `name`; return its directory."
+    "Save (once) the tiny tokenizer standing in for `name`: the shipped one, else one trained here; return its directory."
+    # Hugging Face's BPE and WordPiece trainers break ties between equal counts differently in every process, so a
+    # tokenizer trained on two machines differs and so would every number measured with it: the course ships the
+    # CLIP and WordPiece ones its lessons were measured with (mmlab/assets/tiny_tokenizers), and trains only the rest.
     fam = _tokenizer_family(name)
-    return atomic_dir(_tiny_dir(name, f"tokenizer-{fam}"), TINY_TOKENIZERS[fam])
+    shipped = _shipped_tokenizer(name, fam)
+    write = TINY_TOKENIZERS[fam] if shipped is None else (lambda d: [shutil.copy(f, d) for f in sorted(shipped.iterdir())])
+    return atomic_dir(_tiny_dir(name, f"tokenizer-{fam}"), write)
 
 def load_tokenizer(name:str, # a Hub checkpoint name or a local directory
                    verbose:bool=True, # print the one line saying which tokenizer was loaded
@@ -566,7 +579,7 @@ def load_tokenizer(name:str, # a Hub checkpoint name or a local directory
     tok, msg = _try_hub(lambda n, **kw: AutoTokenizer.from_pretrained(n, **kw, **kwargs), name, verbose, "loaded the tokenizer of")
     if tok is None:
         d = tiny_tokenizer_dir(name)
-        tok, msg = AutoTokenizer.from_pretrained(d, **kwargs), f"{name} tokenizer is not available offline; loaded a tiny one trained locally from {d}"
+        tok, msg = AutoTokenizer.from_pretrained(d, **kwargs), f"{name} tokenizer is not available offline; loaded the tiny stand-in from {d}"
     _say(verbose, msg)
     return tok
 

@@ -891,7 +891,7 @@ def _mounts(iso:Isolation, scratch:Path, python:str, extra_ro:list[str])->list[s
     for name in _ETC:
         if os.path.exists(f"/etc/{name}"): a += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
     a += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
-    made += ["/proc", "/dev", "/tmp"]
+    made += ["/proc", "/dev"]   # not /tmp: a course checked out under /tmp is bound onto it below, its parents made traversable
     if os.path.isdir("/sys/devices/system/cpu"): bind("--ro-bind", "/sys/devices/system/cpu", "/sys/devices/system/cpu")
     for d in _python_dirs(python): bind("--ro-bind", d, d)
     pkg = _package_dir()

@@ -273,3 +273,22 @@ def test_cli_unknown_command_lists_the_known(capsys):
     from mmlab.cli import main
     with pytest.raises(SystemExit) as e: main(["frobnicate"])
     assert e.value.code == 2 and "doctor" in capsys.readouterr().err
+
+
+def test_shipped_tiny_tokenizers_are_used_and_cover_the_course_words(tmp_path, monkeypatch):
+    "Every machine gets the tokenizers the lessons were measured with, byte for byte, and they know every course word."
+    from mmlab import core
+    monkeypatch.setenv("MMLAB_CACHE_DIR", str(tmp_path))
+    core.settings.cache_clear() if hasattr(core.settings, "cache_clear") else None
+    for name, fam in (("openai/clip-vit-base-patch32", "clip"), ("dandelin/vilt-b32-mlm", "wordpiece"),
+                      ("openai/clip-vit-large-patch14", "clip"), ("bert-base-uncased", "wordpiece")):
+        shipped = core._shipped_tokenizer(name, fam)
+        assert shipped is not None, name
+        d = core.tiny_tokenizer_dir(name)
+        assert sorted(p.name for p in d.iterdir()) == sorted(p.name for p in shipped.iterdir())
+        for f in shipped.iterdir():
+            assert (d / f.name).read_bytes() == f.read_bytes(), f"{name}: {f.name} differs from the shipped file"
+        tok = core.load_tokenizer(name, verbose=False)
+        ids = tok(" ".join(core.COURSE_WORDS))["input_ids"]
+        assert tok.unk_token_id not in ids or fam == "clip", f"{name}: a course word is unknown to its tokenizer"
+    assert core._shipped_tokenizer("gpt2", "bytebpe") is None     # byte-level BPE trains the same everywhere

@@ -56,7 +56,8 @@ class VisionPreprocessor:
             v = np.asarray(getattr(self, name), dtype=np.float64)
             if v.ndim != 1 or len(v) < self.channels or not np.isfinite(v).all():
                 raise PreprocessError(f"vision: {name} needs {self.channels} finite values, got {getattr(self, name)!r}")
-        if (np.asarray(self.std[:self.channels]) <= 0).any(): raise PreprocessError(f"vision: std must be positive, got {self.std!r}")
+        if not (np.asarray(self.std[:self.channels]) >= 1e-6).all():   # a smaller std (1e-98 is 0 in float32) would blow pixels up to inf
+            raise PreprocessError(f"vision: std must be at least 1e-6, got {self.std!r}")
         if not 0 <= self.jitter < 1: raise PreprocessError(f"vision: jitter must be in [0, 1), got {self.jitter!r}")
 
     def __call__(self, x, train:bool=False, generator:torch.Generator|None=None)->torch.Tensor:
