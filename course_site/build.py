@@ -105,6 +105,8 @@ def clean(nb):
                 continue
         elif cell.cell_type == "markdown":
             cell.source = math_to_mathml(rewrite_links(cell.source))
+            # a page's title is its first heading's text: code spans in it would be dropped from the title
+            cell.source = re.sub(r"^(# .*)$", lambda m: m.group(1).replace("`", ""), cell.source, count=1, flags=re.M)
         cells.append(cell)
     nb.cells = cells
     return module
