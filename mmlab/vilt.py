@@ -27,8 +27,8 @@ from .clip import CLIP
 __all__ = ['ITM_KINDS', 'ITM_TEMPLATES', 'ViltConfig', 'vilt_config_from_hf', 'vilt_config_to_hf', 'init_bert_', 'TextEmbeddings',
            'PatchEmbeddings', 'ViltOutput', 'ViLT', 'vilt_key_table', 'load_renamed', 'export_renamed',
            'hf_patch_order', 'vilt_hf_parity', 'vilt_parity_configs', 'random_vilt_inputs', 'perturbed', 'ITMOutput',
-           'itm_loss', 'ITMHead', 'ImageTextMatcher', 'ViltForITM', 'MLMOutput', 'MLMHead', 'ViltForMLM',
-           'vilt_head_parity', 'CoAttentionConfig', 'TwoStreamOutput', 'CoAttentionModel', 'scene_claims',
+           'itm_loss', 'ITMHead', 'ImageTextMatcher', 'head_key_table', 'ViltForITM', 'MLMOutput', 'MLMHead',
+           'ViltForMLM', 'vilt_head_parity', 'CoAttentionConfig', 'TwoStreamOutput', 'CoAttentionModel', 'scene_claims',
            'render_claim', 'mismatch', 'itm_pairs', 'DualEncoderMatcher', 'itm_logits', 'pairwise_accuracy',
            'itm_group_loss']
 
@@ -456,14 +456,14 @@ class ImageTextMatcher(nn.Module):
         logits = self.itm(self.backbone(input_ids, pixel_values, attention_mask, pixel_mask).pooler_output)   # (B,)
         return ITMOutput(logits, None if labels is None else itm_loss(logits, labels), labels)
 
-def _head_table(model)->list[tuple[str, str]]:
+def head_key_table(model)->list[tuple[str, str]]:
     "(our name, Hugging Face name) of every tensor of a ViLT with a head."
     return [(f"backbone.{a}", f"vilt.{b}") for a, b in vilt_key_table(model.cfg)] + model.HF_HEAD_KEYS
 
 def _head_from_hf(cls, hf_model):
     if not hasattr(hf_model, "vilt"): raise TypeError(f"{cls.__name__}.from_hf needs a Vilt* model with `.vilt`, got {type(hf_model).__name__}")
     model = cls(vilt_config_from_hf(hf_model.config))
-    load_renamed(model, hf_model.state_dict(), _head_table(model), type(hf_model).__name__)
+    load_renamed(model, hf_model.state_dict(), head_key_table(model), type(hf_model).__name__)
     return model.to(next(hf_model.parameters()).dtype)
 
 class ViltForITM(ImageTextMatcher):
@@ -479,7 +479,7 @@ class ViltForITM(ImageTextMatcher):
         return _head_from_hf(cls, hf_model)
     def to_hf_state_dict(self)->dict:
         "The weights under `ViltForImageAndTextRetrieval` names and shapes."
-        return export_renamed(self, _head_table(self), _hf_shapes(self.cfg, "vilt."))
+        return export_renamed(self, head_key_table(self), _hf_shapes(self.cfg, "vilt."))
 
 # %% ../nbs/09_vilt.ipynb #b85e19f7
 @dataclass
@@ -521,7 +521,7 @@ class ViltForMLM(nn.Module):
         return _head_from_hf(cls, hf_model)
     def to_hf_state_dict(self)->dict:
         "The weights under `ViltForMaskedLM` names and shapes (the tied decoder weight under both names, as there)."
-        return export_renamed(self, _head_table(self), _hf_shapes(self.cfg, "vilt."))
+        return export_renamed(self, head_key_table(self), _hf_shapes(self.cfg, "vilt."))
 
 # %% ../nbs/09_vilt.ipynb #3e424aa4
 @torch.no_grad()

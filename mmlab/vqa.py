@@ -29,7 +29,7 @@ from .attention import MultiHeadAttention
 from .data.schema import LABEL_KEY, Batch
 from .fusion import make_fusion
 from .train import ClassifierOutput, fit
-from .vilt import ViLT, ViltConfig, init_bert_, load_renamed, vilt_config_from_hf, vilt_key_table
+from .vilt import ViLT, ViltConfig, head_key_table, init_bert_, load_renamed, vilt_config_from_hf
 
 # %% auto #0
 __all__ = ['CONTRACTIONS', 'ANSWER_SCORES', 'normalize_answer', 'vqa_accuracy', 'vqa_score', 'AnswerVocab', 'soft_scores',
@@ -508,8 +508,7 @@ class ViltForVQA(nn.Module):
         if not hasattr(hf_model, "vilt") or not hasattr(hf_model, "classifier"):
             raise TypeError(f"ViltForVQA.from_hf needs a ViltForQuestionAnswering, got {type(hf_model).__name__}")
         model = cls(vilt_config_from_hf(hf_model.config), hf_model.config.num_labels)
-        table = [(f"backbone.{a}", f"vilt.{b}") for a, b in vilt_key_table(model.cfg)] + cls.HF_HEAD_KEYS
-        load_renamed(model, hf_model.state_dict(), table, "ViltForQuestionAnswering")
+        load_renamed(model, hf_model.state_dict(), head_key_table(model), "ViltForQuestionAnswering")
         return model.to(next(hf_model.parameters()).dtype)
 
 # %% ../nbs/10_vqa.ipynb #750f0688

@@ -117,12 +117,6 @@ def test_sample_caption_batch_pairs_images_with_their_own_captions():
     with pytest.raises(ValueError, match="no caption"): sample_caption_batch(torch.tensor([0, 2]), 2, g)
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)   # tiny tensors: threads only add overhead
-    yield
-    torch.set_num_threads(n)
-
 
 def test_fit_clip_learns_a_tiny_matching_problem(one_thread):
     from mmlab.clip import LockedTextCLIP, embed_all, fit_clip

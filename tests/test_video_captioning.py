@@ -14,11 +14,7 @@ from mmlab.video import (ACTIONS, C3D, R2Plus1D, SingleFrame, VideoCaptionTokeni
 from mmlab.data.synth import COLORS
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 CFG = VideoCfg(frames=8, size=16, width=8, feature_dim=16, hidden=16)

@@ -10,11 +10,7 @@ from mmlab.video import (C3D, CNNLSTM, Conv2Plus1D, R2Plus1D, SingleFrame, Video
                          mid_channels, sinusoid_table, videomae_cfg, videomae_to_ours)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 # --- models --------------------------------------------------------------------------------------------------------
