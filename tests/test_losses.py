@@ -101,3 +101,112 @@ def test_triplet_margin_zero_allowed_negative_refused():
     for bad in (-0.1, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="margin"):
             triplet_loss(x, y, margin=bad)
+
+
+# --- what the mutation run showed the tests above let through ---
+
+def test_errors_name_what_was_wrong():
+    "Each refusal says which argument, and what it held."
+    x = torch.randn(4, 3)
+    with pytest.raises(TypeError, match=r"must be tensors; got Tensor and list"): clip_loss(x, [[0.0] * 3] * 4, 0.0)
+    with pytest.raises(TypeError, match=r"got list and Tensor"): clip_loss([[0.0] * 3] * 4, x, 0.0)
+    with pytest.raises(ValueError, match=r"must be \(B, D\); got image \(4, 3\), text \(4, 3, 1\)"):
+        clip_loss(x, x[..., None], 0.0)
+    with pytest.raises(ValueError, match=r"batch is empty \(B = 0\)"): clip_loss(x[:0], x[:0], 0.0)
+    bad = x.clone(); bad[1, 2] = float("nan"); bad[0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"^image_embeds has 2 NaN/inf value\(s\) of 12"): clip_loss(bad, x, 0.0)
+    with pytest.raises(ValueError, match=r"^text_embeds has 2 NaN/inf"): clip_loss(x, bad, 0.0)
+    with pytest.raises(ValueError, match=r"^embeds has 2 NaN/inf"): supcon_loss(bad, torch.tensor([0, 0, 1, 1]))
+    for scale in (torch.tensor([1.0, 2.0]), float("inf"), torch.tensor(float("nan"))):
+        with pytest.raises(ValueError, match="logit_scale must be one finite number"): clip_loss(x, x, scale)
+    with pytest.raises(ValueError, match=r"embeds must be \(N, D\).*embeds \(4, 3\), labels \(3,\)"):
+        supcon_loss(x, torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match=r"embeds \(4,\), labels \(4,\)"): supcon_loss(x[:, 0], torch.tensor([0, 0, 1, 1]))
+    for tau in (0, 0.0, -0.5, float("inf"), float("nan"), "0.1", None):
+        with pytest.raises(ValueError, match="temperature must be a positive number"):
+            supcon_loss(x, torch.tensor([0, 0, 1, 1]), temperature=tau)
+    with pytest.raises(ValueError, match="no anchor has a positive"): supcon_loss(x, torch.arange(4))
+    with pytest.raises(ValueError, match=r"overflowed: similarities / temperature 1e-300"):
+        supcon_loss(x, torch.tensor([0, 0, 1, 1]), temperature=1e-300)
+
+
+def test_normalize_switches_cosine_on_and_off():
+    "Cosine similarity is the default of every loss; normalize=False takes raw dot products."
+    from mmlab.losses import clip_logits
+    g = torch.Generator().manual_seed(3)
+    x, y = 3 * torch.randn(5, 4, generator=g), 3 * torch.randn(5, 4, generator=g)
+    cos = F.normalize(x, dim=1) @ F.normalize(y, dim=1).T
+    assert torch.allclose(clip_logits(x, y, 0.0), cos, atol=1e-6)
+    assert torch.allclose(clip_logits(x, y, 0.0, normalize=False), x @ y.T, atol=1e-5)
+    labels = torch.tensor([0, 1, 0, 1, 2])
+    assert not torch.allclose(supcon_loss(x, labels), supcon_loss(x, labels, normalize=False))
+    assert torch.allclose(supcon_loss(x, labels), supcon_loss(F.normalize(x, dim=1), labels, normalize=False), atol=1e-6)
+    assert torch.allclose(triplet_loss(x, y), triplet_loss(F.normalize(x, dim=1), F.normalize(y, dim=1), normalize=False))
+    assert not torch.allclose(triplet_loss(x, y), triplet_loss(x, y, normalize=False))
+
+
+def test_triplet_smallest_batch_is_two():
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert triplet_loss(x, x).item() == 0.0                  # two orthogonal pairs: margin 0.2 < 1 - 0
+    assert triplet_loss(x, x.flip(0)).item() == pytest.approx(1.2)
+
+
+class _FakeGroup:
+    "Stands in for torch.distributed as process `rank` of `world`: peer p's rows are this rank's rows + 10 * p."
+    def __init__(self, rank, world): self.rank, self.world, self.gathers, self.reduced = rank, world, 0, []
+    def is_available(self): return True
+    def is_initialized(self): return True
+    def get_rank(self): return self.rank
+    def get_world_size(self): return self.world
+    def all_gather(self, out, x):
+        self.gathers += 1
+        for p in range(self.world): out[p].copy_(x + 10 * (p - self.rank))
+    def all_reduce(self, t, op=None):
+        self.reduced.append(op); t.mul_(self.world)   # every peer sent the same gradient
+    ReduceOp = torch.distributed.ReduceOp
+
+
+def test_gather_with_grad_rows_and_gradient(monkeypatch):
+    "Rank 1 of 3: forward stacks every rank's rows in rank order; backward sums over ranks and keeps rank 1's rows."
+    import mmlab.losses as L
+    fake = _FakeGroup(rank=1, world=3)
+    monkeypatch.setattr(L, "dist", fake)
+    x = torch.arange(6.0).reshape(2, 3).requires_grad_(True)
+    out = L.gather_with_grad(x)
+    assert out.shape == (6, 3) and fake.gathers == 1
+    assert torch.equal(out.detach(), torch.cat([x.detach() - 10, x.detach(), x.detach() + 10]))
+    w = torch.arange(18.0).reshape(6, 3)
+    (out * w).sum().backward()
+    assert fake.reduced == [torch.distributed.ReduceOp.SUM]
+    assert torch.equal(x.grad, 3 * w[2:4])                    # rank 1's rows of the summed gradient
+    fake.world = 1                                            # one process: nothing to gather
+    assert L.gather_with_grad(x) is x and fake.gathers == 1
+
+
+def test_gather_is_opt_in(monkeypatch):
+    "Inside a process group clip_loss gathers only when asked (gather=False is the default)."
+    import mmlab.losses as L
+    fake = _FakeGroup(rank=0, world=2)
+    monkeypatch.setattr(L, "dist", fake)
+    x, y = torch.randn(3, 4), torch.randn(3, 4)
+    plain = L.clip_loss(x, y, 1.0)
+    assert fake.gathers == 0
+    gathered = L.clip_loss(x, y, 1.0, gather=True)
+    assert fake.gathers == 2 and not torch.allclose(plain, gathered)
+
+
+def test_gather_check_worker_in_one_process(tmp_path):
+    "The worker that distributed_clip_loss_check spawns, run here as the only rank: it reports the single-process loss."
+    import mmlab.losses as L
+    got = []
+    class Queue:
+        def put(self, item): got.append(item)
+    L._gather_check_worker(0, 1, str(tmp_path / "rendezvous"), 3, 5, 11, Queue())
+    assert not torch.distributed.is_initialized()             # the group is torn down
+    (rank, loss, gi, gt), = got
+    g = torch.Generator().manual_seed(11)
+    img = torch.randn(3, 5, generator=g).requires_grad_(True)
+    txt = torch.randn(3, 5, generator=g).requires_grad_(True)
+    ref = clip_loss(img, txt, LOGIT_SCALE_INIT); ref.backward()
+    assert rank == 0 and loss == pytest.approx(ref.item(), abs=1e-6)
+    assert torch.allclose(torch.tensor(gi), img.grad, atol=1e-7) and torch.allclose(torch.tensor(gt), txt.grad, atol=1e-7)

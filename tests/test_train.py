@@ -226,3 +226,163 @@ def test_validation_loss_is_a_mean_over_samples_not_batches():
     data = Blobs(9, 3)
     res = fit(PerSample(), data, data, epochs=1, batch_size=4, lr=0.0, progress=False, device="cpu", monitor="val_loss")
     assert res.history[0]["val_loss"] == pytest.approx(data.x[:, 0].mean().item(), rel=1e-5)
+
+
+def test_param_groups_decay_only_weight_matrices_and_kernels():
+    "No weight decay on biases, norms, embeddings or the CLIP temperature (a decayed temperature drifts to 1)."
+    from torch import nn
+    from mmlab.losses import LogitScale
+    from mmlab.train import param_groups
+    model = nn.ModuleDict({"lin": nn.Linear(4, 3), "conv": nn.Conv1d(3, 2, 3), "norm": nn.LayerNorm(3),
+                           "emb": nn.Embedding(10, 3), "scale": LogitScale()})
+    model["norm"].bias.requires_grad_(False)                                      # frozen: in neither group
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    ids = lambda ps: {id(p) for p in ps}
+    assert ids(decay["params"]) == ids([model["lin"].weight, model["conv"].weight])
+    assert ids(no_decay["params"]) == ids([model["lin"].bias, model["conv"].bias, model["norm"].weight, model["emb"].weight, model["scale"].value])
+
+
+def test_batch_size_of_every_batch_shape_and_ties_are_not_better():
+    from mmlab.train import _batch_size, _is_better
+    x = torch.zeros(5, 2)
+    assert [_batch_size(b) for b in ({"x": x, "y": x[:, 0]}, (x, x), [x], x, 3.0)] == [5, 5, 5, 5, 1]
+    assert _is_better(0.5, None, "val_acc") and _is_better(0.6, 0.5, "val_acc") and not _is_better(0.5, 0.5, "val_acc")
+    assert _is_better(0.4, 0.5, "val_loss") and not _is_better(0.5, 0.5, "val_loss") and not _is_better(0.6, 0.5, "val_loss")
+
+
+def test_training_order_is_the_epoch_shuffle_and_validation_is_in_order():
+    from mmlab.train import _make_loader
+    data = torch.utils.data.TensorDataset(torch.arange(10))
+    cfg = FitConfig(batch_size=10, seed=3)
+    (train,), = list(_make_loader(data, cfg, None, train=True))
+    assert train.tolist() == [i for i in EpochShuffleSampler(10, 3)] and train.tolist() != list(range(10))
+    (val,), = list(_make_loader(data, cfg, None, train=False))
+    assert val.tolist() == list(range(10))
+
+
+def test_rng_state_round_trip_restores_every_generator():
+    "Python, NumPy (with its cached Gaussian and position) and torch continue exactly where they were saved."
+    import random
+    import numpy as np
+    from mmlab.train import _rng_state, _set_rng_state
+    random.random(); np.random.random(7); np.random.standard_normal(); torch.rand(3)   # a half-used Gaussian pair
+    saved = _rng_state()
+    first = (random.random(), np.random.standard_normal(3).tolist(), np.random.random(), torch.rand(2).tolist())
+    _set_rng_state(*saved)
+    assert (random.random(), np.random.standard_normal(3).tolist(), np.random.random(), torch.rand(2).tolist()) == first
+
+
+def test_model_errors_and_checkpoint_meta_errors_name_the_problem(tmp_path):
+    from mmlab.train import CheckpointError, _loss_of
+    with pytest.raises(ValueError, match=r"the model returned dict without a `.loss`"): _loss_of({"logits": 1}, None, None)
+    model = MLPClassifier(4, 3)
+    save_checkpoint(tmp_path / "ck", model)
+    for bad in ("[1, 2]", '{"trainer": 3}', '"text"'):
+        (tmp_path / "ck" / "trainer_state.json").write_text(bad)
+        with pytest.raises(CheckpointError, match=r"trainer_state.json does not hold a trainer state"):
+            read_checkpoint_meta(tmp_path / "ck")
+    save_checkpoint(tmp_path / "ck", model)
+    opt = torch.optim.AdamW(model.parameters())
+    with pytest.raises(CheckpointError, match=r"checkpoint .*ck has no optimizer state"):
+        load_checkpoint(tmp_path / "ck", model, optimizer=opt)
+
+
+def test_fit_config_precisions_and_the_mlp_classifier():
+    for mp in ("auto", "no", "bf16", "fp16"): assert FitConfig(mixed_precision=mp).mixed_precision == mp
+    with pytest.raises(ValueError, match="mixed_precision must be one of auto, no, bf16, fp16; got 'fp8'"):
+        FitConfig(mixed_precision="fp8")
+    m = MLPClassifier(4, 3)
+    assert m.net[0].out_features == 64 and m.net[2].p == 0.1                       # defaults: hidden 64, dropout 0.1
+    out = m(torch.randn(5, 4), torch.tensor([0, 1, 2, 0, 1]))
+    assert out.logits.shape == (5, 3) and out.loss.ndim == 0 and out.labels.tolist() == [0, 1, 2, 0, 1]
+
+
+def test_history_table_and_plot():
+    from mmlab.train import history_table, plot_history
+    assert history_table([]) == "(no epochs)"
+    rows = [{"epoch": 1, "train_loss": 0.123456, "val_loss": 0.5, "val_acc": 0.87654, "lr": 0.00123456, "seconds": 1.26},
+            {"epoch": 2, "train_loss": 0.1, "val_loss": 0.4, "val_acc": 0.9, "lr": 0.001, "seconds": 2.0}]
+    table = history_table(rows)
+    for text in ("0.1235", "0.877", "0.001235", "1.3"): assert text in table
+    assert "0.8765" not in table and "1.26" not in table
+    fig = plot_history(rows)
+    loss_ax, acc_ax = fig.axes
+    assert [l.get_label() for l in loss_ax.get_lines()] == ["train", "validation"]
+    assert list(loss_ax.get_lines()[1].get_xdata()) == [1, 2] and list(loss_ax.get_lines()[1].get_ydata()) == [0.5, 0.4]
+    assert loss_ax.get_ylabel() == "loss" and list(acc_ax.get_lines()[0].get_ydata()) == [0.87654, 0.9]
+    assert tuple(fig.get_size_inches()) == (8, 3)
+    only_train = plot_history([{"epoch": 1, "train_loss": 1.0}])
+    assert len(only_train.axes[0].get_lines()) == 1 and not only_train.axes[1].get_lines()
+
+
+@pytest.mark.parametrize("monitor", ["val_acc", "val_loss"])
+def test_tune_searches_in_the_monitors_direction(monitor):
+    pytest.importorskip("optuna")
+    from mmlab.train import tune
+    seen = []
+    def build(trial):
+        lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
+        seen.append(lr)
+        return MLPClassifier(4, 2, hidden=8), {"epochs": 2, "batch_size": 16, "lr": lr, "device": "cpu"}
+    study = tune(build, Blobs(32), Blobs(16, 1), n_trials=3, monitor=monitor, seed=0)
+    assert len(study.trials) == 3 and len(seen) == 3
+    assert study.direction.name == ("MAXIMIZE" if monitor == "val_acc" else "MINIMIZE")
+    values = [t.value for t in study.trials if t.value is not None]
+    assert study.best_value == (max(values) if monitor == "val_acc" else min(values))
+    assert all(set(t.intermediate_values) == {1, 2} for t in study.trials if t.state.name == "COMPLETE")
+    assert isinstance(study.pruner, __import__("optuna").pruners.MedianPruner)
+
+
+def test_warmup_as_a_step_count_and_a_floor_on_the_cosine():
+    "warmup >= 1 is a number of steps; min_lr_ratio is the floor the cosine ends on (Adam moves w by lr per step here)."
+    torch.manual_seed(0)
+    res = fit(_Scalar(), Blobs(64), epochs=1, batch_size=16, lr=0.8, warmup=1, min_lr_ratio=0.5, weight_decay=0.0,
+              max_grad_norm=None, monitor="train_loss", progress=False, device="cpu")
+    # factors: warm-up 1/1, then 0.5 + 0.25 (1 + cos(pi p)) for p = 0, 1/3, 2/3
+    assert res.model.w.item() == pytest.approx(-0.8 * (1 + 1 + 0.875 + 0.625), rel=1e-4)
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=2.0)
+    sched = warmup_cosine(opt, warmup_steps=0, total_steps=2, min_lr_ratio=0.25)
+    lrs = []
+    for _ in range(3): lrs.append(opt.param_groups[0]["lr"]); opt.step(); sched.step()
+    assert lrs == pytest.approx([2.0, 2.0 * (0.25 + 0.75 * 0.5), 0.5])
+
+
+def test_fit_result_history_and_checkpointed_config(tmp_path):
+    class Constant(nn.Module):
+        def __init__(self): super().__init__(); self.w = nn.Parameter(torch.zeros(()))
+        def forward(self, x, labels=None):
+            from mmlab.train import ClassifierOutput
+            return ClassifierOutput(logits=torch.zeros(len(x), 2), loss=2.0 + 0 * self.w + 0 * x.sum(), labels=labels)
+    res = fit(Constant(), Blobs(40), Blobs(8, 1), epochs=2, batch_size=16, lr=0.0, patience=1, checkpoint_dir=str(tmp_path),
+              progress=False, device="cpu")
+    assert [r["epoch"] for r in res.history] == [1, 2] and set(res.history[0]) == {"epoch", "train_loss", "val_loss", "val_acc", "lr", "seconds"}
+    assert res.history[0]["train_loss"] == pytest.approx(2.0) and res.history[0]["val_loss"] == pytest.approx(2.0)
+    assert res.stopped_early is True and res.seconds > 0
+    assert res.best_checkpoint == tmp_path / "best" and res.last_checkpoint == tmp_path / "last"
+    saved = read_checkpoint_meta(res.last_checkpoint)["trainer"]["config"]
+    assert saved["epochs"] == 2 and saved["patience"] == 1 and saved["checkpoint_dir"] == str(tmp_path)
+    resumed = fit(Constant(), Blobs(40), Blobs(8, 1), epochs=3, batch_size=16, lr=0.0, checkpoint_dir=str(tmp_path),
+                  progress=False, device="cpu", resume_from=res.last_checkpoint)
+    assert resumed.best_checkpoint == tmp_path / "best" and [r["epoch"] for r in resumed.history] == [1, 2, 3]
+
+
+def test_fit_uses_collate_fn_for_validation_too():
+    pairs = [(torch.randn(4), int(i % 2)) for i in range(12)]
+    collate = lambda rows: {"x": torch.stack([r[0] for r in rows]), "labels": torch.tensor([r[1] for r in rows])}
+    res = fit(MLPClassifier(4, 2), pairs, pairs, epochs=1, batch_size=4, collate_fn=collate, progress=False, device="cpu")
+    assert 0.0 <= res.history[0]["val_acc"] <= 1.0
+
+
+def test_accelerator_keeps_the_asked_precision_and_names_fit_when_accelerate_is_missing(monkeypatch):
+    import importlib
+    from mmlab.core import MissingExtraError
+    from mmlab.train import _make_accelerator
+    acc = _make_accelerator(FitConfig(device="cpu", mixed_precision="bf16"))
+    assert acc.mixed_precision == "bf16" and acc.device.type == "cpu"
+    real = importlib.import_module
+    def no_accelerate(name, *a):
+        if name == "accelerate": raise ModuleNotFoundError("No module named 'accelerate'", name="accelerate")
+        return real(name, *a)
+    monkeypatch.setattr(importlib, "import_module", no_accelerate)
+    with pytest.raises(MissingExtraError, match=r"^fit needs the package 'accelerate'"): _make_accelerator(FitConfig())
