@@ -142,3 +142,126 @@ def test_synchronize_linear_streams():
     assert torch.allclose(out["a"][:, 0], 2 * grid + 1, atol=1e-5) and torch.allclose(out["b"][:, 1], -grid, atol=1e-5)
     with pytest.raises(PreprocessError, match="not strictly increasing"): synchronize({"a": ([0, 0], [1, 2])}, 10)
     with pytest.raises(PreprocessError, match="no streams"): synchronize({}, 10)
+
+
+# --- what the mutation run showed the tests above let through ---
+
+def test_vision_config_checks_name_the_field():
+    for kw, msg in ((dict(size=32.0), "vision: size must be a positive integer, got 32.0"),
+                    (dict(channels=2), "vision: channels must be 1 or 3, got 2"),
+                    (dict(mean=(0.5, float("nan"), 0.5)), r"vision: mean needs 3 finite values, got \(0.5, nan, 0.5\)"),
+                    (dict(std=(0.5, 0.5)), r"vision: std needs 3 finite values, got \(0.5, 0.5\)"),
+                    (dict(jitter=1.0), r"vision: jitter must be in \[0, 1\), got 1.0")):
+        with pytest.raises(PreprocessError, match=msg): VisionPreprocessor(**kw)
+
+
+def test_vision_grey_to_rgb_and_antialiased_downscale():
+    grey = torch.rand(1, 8, 8)
+    out = VisionPreprocessor(size=8, jitter=0.0)(grey)
+    assert out.shape == (3, 8, 8) and torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+    board = torch.zeros(1, 64, 64); board[:, ::2, ::2] = board[:, 1::2, 1::2] = 1.0       # pixel checkerboard
+    small = VisionPreprocessor(size=8, channels=1, mean=(0.0,), std=(1.0,))(board)
+    assert torch.allclose(small, torch.full_like(small, 0.5), atol=0.02)                 # averaged, not aliased
+
+
+def test_vision_augment_crops_inside_flips_and_jitters_within_bounds():
+    "Training crops cover 70-100 % of the area inside the image; brightness and contrast stay within 1 +- jitter."
+    vp = VisionPreprocessor(size=16, channels=1, mean=(0.0,), std=(1.0,), jitter=0.2)
+    img = torch.arange(40 * 40, dtype=torch.float32).reshape(1, 40, 40) / 1600
+    g = torch.Generator().manual_seed(0)
+    means = []
+    for _ in range(200):
+        t = vp._augment(img, g)
+        assert t.shape[0] == 1 and 33 <= t.shape[1] <= 40 and t.shape[1] == t.shape[2]
+        means.append(t.mean().item())
+    assert min(means) > 0.5 * 0.8 - 0.1 and max(means) < 0.5 * 1.2 + 0.1
+    no_jitter = VisionPreprocessor(size=16, channels=1, mean=(0.0,), std=(1.0,), jitter=0.0)
+    for seed in range(20):
+        t = no_jitter._augment(img, torch.Generator().manual_seed(seed))
+        h = t.shape[1]
+        windows = img.unfold(1, h, 1).unfold(2, h, 1)[0]                                # every h x h window of the image
+        gap = min((windows - t[0]).abs().amax((-2, -1)).min(), (windows - t[0].flip(-1)).abs().amax((-2, -1)).min())
+        assert gap < 1e-6, "the crop is not a window of the image (or its mirror)"
+
+
+def test_audio_preprocessor_passes_its_settings_on(tmp_path):
+    sr = 8000
+    wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(sr) / sr)).astype(np.float32)
+    ap = AudioPreprocessor(sr=sr, n_fft=256, hop_length=64, n_mels=20, trim_db=None, noise_std=0.1)
+    out = ap((wave, sr))
+    torch.testing.assert_close(out, log_mel_spectrogram(torch.from_numpy(wave), sr, 256, 64, 20))
+    a = ap((wave, sr), train=True, generator=torch.Generator().manual_seed(1))
+    b = ap((wave, sr), train=True, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.allclose(a, out)
+    feats = ap.features((wave, sr))
+    import librosa
+    mel = librosa.feature.melspectrogram(y=wave, sr=sr, n_mels=20, n_fft=256, hop_length=64)
+    np.testing.assert_allclose(feats["log_mel"], librosa.power_to_db(mel, ref=1.0, top_db=80.0), rtol=1e-5, atol=1e-4)
+    with pytest.raises(PreprocessError, match="audio: sr must be a positive integer, got 8000.0"): AudioPreprocessor(sr=8000.0)
+    with pytest.raises(PreprocessError, match="audio: unknown output 'mfcc'; expected 'log_mel' or 'waveform'"):
+        AudioPreprocessor(output="mfcc")
+
+
+def test_sensor_fit_standardises_with_training_statistics():
+    g = np.random.default_rng(0)
+    train = [g.normal(5, 2, (100, 3)), g.normal(5, 2, (80, 3))]
+    sp = SensorPreprocessor(window=10, hop=10, channels=3).fit(train)
+    allx = np.concatenate(train)
+    np.testing.assert_allclose(sp.mean, allx.mean(0)); np.testing.assert_allclose(sp.std, allx.std(0) + 1e-8)
+    x = g.normal(5, 2, (30, 3))
+    torch.testing.assert_close(sp(x)[0], torch.from_numpy((x[:10] - sp.mean) / sp.std).float())
+    for kw, msg in ((dict(window=0), "sensor: window must be a positive integer"), (dict(hop=2.0), "sensor: hop must be a positive integer"),
+                    (dict(channels=0), "sensor: channels must be a positive integer")):
+        with pytest.raises(PreprocessError, match=msg): SensorPreprocessor(**kw)
+
+
+def test_frame_sampling_options_and_errors():
+    assert sample_frame_indices(20, 4, "dense", stride=2) == [6, 8, 10, 12]                # centred window
+    assert sample_frame_indices(20, 4, "dense", start=0) == [0, 1, 2, 3]
+    with pytest.raises(PreprocessError, match=r"video: start must be in 0..19, got 20"): sample_frame_indices(20, 4, "dense", start=20)
+    with pytest.raises(PreprocessError, match="video: stride must be a positive integer"): sample_frame_indices(20, 4, "dense", stride=0)
+    a = sample_frame_indices(1000, 8, "random", torch.Generator().manual_seed(3))
+    assert a == sample_frame_indices(1000, 8, "random", torch.Generator().manual_seed(3))
+    assert a != sample_frame_indices(1000, 8, "random", torch.Generator().manual_seed(4))
+    frames = np.random.default_rng(0).random((40, 6, 6, 3)).astype(np.float32)
+    vp = VideoPreprocessor(n_frames=4, vision=VisionPreprocessor(size=6, jitter=0.0))
+    picks = [vp(frames, train=True, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    assert not torch.equal(picks[0], picks[1]) or not torch.equal(picks[1], picks[2])    # training samples at random
+    torch.testing.assert_close(vp(frames), torch.stack([vp.vision(f) for f in frames[[5, 15, 25, 35]]]))
+
+
+def test_synchronize_errors_name_the_stream():
+    t = np.arange(5.0)
+    with pytest.raises(PreprocessError, match=r"sync: stream 'b' needs >= 2 times \(N,\) and values \(N, D\), got \(4,\) and \(5, 1\)"):
+        synchronize({"a": (t, t), "b": (t[:4], t)}, 2.0)
+    with pytest.raises(PreprocessError, match=r"do not overlap in time \(latest start 10.0, earliest end 4.0\)"):
+        synchronize({"a": (t, t), "b": (t + 10, t)}, 2.0)
+
+
+def test_video_size_must_be_positive(tmp_path):
+    path = tmp_path / "v.mp4"
+    write_video(path, np.zeros((4, 16, 16, 3), np.uint8), fps=4)
+    for size in ((0, 8), (8, 0)):
+        with pytest.raises(PreprocessError, match=r"video: size must be positive, got \((0, 8|8, 0)\)"):
+            read_video_frames(path, size=size)
+    with pytest.raises(PreprocessError, match=r"cannot tell the container of .*; use one of \.mp4, \.m4v"):
+        write_video(tmp_path / "v.xyz", np.zeros((4, 16, 16, 3), np.uint8), fps=4)
+    with pytest.raises(PreprocessError, match="video: fps must be a positive integer, got 2.5"):
+        write_video(path, np.zeros((4, 16, 16, 3), np.uint8), fps=2.5)
+    with pytest.raises(PreprocessError, match=r"an audio track needs an .mp4, .m4v or .mov file \(exact length\), got '.*v.mkv'"):
+        write_video(tmp_path / "v.mkv", np.zeros((4, 16, 16, 3), np.uint8), fps=4, audio=np.zeros(8000, np.float32))
+
+
+def test_pretrained_text_encoder_mean_pools_real_tokens():
+    "Mean of the last hidden states over real tokens, texts cut at max_length (a tiny stand-in offline)."
+    from mmlab.data.preprocess import PretrainedTextEncoder
+    enc = PretrainedTextEncoder(max_length=6)
+    texts = ["a red circle", "one two three four five six seven eight nine"]
+    out = enc(texts)
+    tok = enc.tokenizer([clean_text(t) for t in texts], padding=True, truncation=True, max_length=6, return_tensors="pt")
+    assert tok["input_ids"].shape[1] == 6 and out.shape == (2, enc.model.config.hidden_size)
+    with torch.no_grad(): h = enc.model(**tok).last_hidden_state
+    n = int(tok["attention_mask"][0].sum())
+    torch.testing.assert_close(out[0], h[0, :n].mean(0))
+    torch.testing.assert_close(out[1], h[1].mean(0))
+    with pytest.raises(PreprocessError, match="non-empty list of str"): enc("a red circle")

@@ -210,3 +210,39 @@ def test_gather_check_worker_in_one_process(tmp_path):
     ref = clip_loss(img, txt, LOGIT_SCALE_INIT); ref.backward()
     assert rank == 0 and loss == pytest.approx(ref.item(), abs=1e-6)
     assert torch.allclose(torch.tensor(gi), img.grad, atol=1e-7) and torch.allclose(torch.tensor(gt), txt.grad, atol=1e-7)
+
+
+def test_gather_without_a_process_group_is_the_identity():
+    import mmlab.losses as L
+    assert not torch.distributed.is_initialized()
+    x = torch.randn(3, 4)
+    assert L.gather_with_grad(x) is x
+
+
+def test_gather_check_worker_as_rank_1_of_2_with_a_simulated_group(monkeypatch):
+    """The spawned worker, run here as rank 1 of 2: a simulated group hands it rank 0's rows (every rank draws the same
+    data from the seed) and sums gradients as W identical copies (every rank's loss is the same function of the batch)."""
+    import mmlab.losses as L
+    W, B, D, seed = 2, 3, 5, 11
+    g = torch.Generator().manual_seed(seed)
+    full = [torch.randn(W * B, D, generator=g), torch.randn(W * B, D, generator=g)]   # images, then texts
+    calls = {"init": None, "gathered": 0, "destroyed": False}
+    class Simulated(_FakeGroup):
+        def init_process_group(self, backend, init_method, rank, world_size): calls["init"] = (backend, rank, world_size)
+        def destroy_process_group(self): calls["destroyed"] = True
+        def all_gather(self, out, x):
+            src = full[calls["gathered"]]; calls["gathered"] += 1
+            assert torch.equal(x, src[self.rank * B:(self.rank + 1) * B])                  # the worker sends its own rows
+            for p in range(W): out[p].copy_(src[p * B:(p + 1) * B])
+    monkeypatch.setattr(L, "dist", Simulated(rank=1, world=W))
+    got = []
+    class Queue:
+        def put(self, item): got.append(item)
+    L._gather_check_worker(1, W, "unused", B, D, seed, Queue())
+    assert calls["init"][0].lower() == "gloo" and calls["init"][1:] == (1, W) and calls["destroyed"] and calls["gathered"] == 2
+    img, txt = (t.clone().requires_grad_(True) for t in full)
+    ref = clip_loss(img, txt, LOGIT_SCALE_INIT); ref.backward()
+    (rank, loss, gi, gt), = got
+    assert rank == 1 and loss == pytest.approx(ref.item(), abs=1e-6)
+    torch.testing.assert_close(torch.tensor(gi), img.grad[B:], atol=1e-7, rtol=1e-5)
+    torch.testing.assert_close(torch.tensor(gt), txt.grad[B:], atol=1e-7, rtol=1e-5)
