@@ -262,9 +262,10 @@ def test_fused_path_zeroes_dead_query_rows_and_applies_dropout():
     att.dropout = 0.5
     att.train()
     for w in (False, True):
-        torch.manual_seed(1)
-        assert not torch.allclose(att(x, need_weights=w).output, att.eval()(x, need_weights=w).output)
-        att.train()
+        for m in (None, mask):                                              # the fused path has a branch for bool masks
+            torch.manual_seed(1)
+            assert not torch.allclose(att(x, mask=m, need_weights=w).output, att.eval()(x, mask=m, need_weights=w).output)
+            att.train()
 
 
 def test_bias_false_and_dropout_reach_every_layer():

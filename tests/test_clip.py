@@ -171,6 +171,7 @@ def test_trained_shape_clip_trains_once_per_arguments_and_refuses_bad_cache_file
 
 def test_parity_configs_cover_the_variations_hugging_face_allows():
     "The three configs exercise what differs between CLIP checkpoints: activation, epsilon, channels, depth, special ids."
+    CONFIGS = parity_configs()                                   # built here, not at import, so a change to it shows
     acts = {c.vision_config.hidden_act for c in CONFIGS.values()} | {c.text_config.hidden_act for c in CONFIGS.values()}
     assert set(CONFIGS) == {"tiny", "wide", "deep"} and acts == {"quick_gelu", "gelu"}
     assert {c.vision_config.layer_norm_eps for c in CONFIGS.values()} == {1e-5, 1e-6}
@@ -256,3 +257,15 @@ def test_trained_shape_clip_uses_the_seed_and_the_batch_size(tmp_path, monkeypat
     assert torch.equal(seen["pixels"], want)
     cfg = enc.model.cfg                                                                   # the lesson's small CLIP
     assert (cfg.vision.image_size, cfg.vision.patch_size, cfg.vision.layers, cfg.vision.mlp_width, cfg.text.layers) == (32, 8, 2, 128, 2)
+
+
+def test_fit_clip_draws_batches_of_the_asked_size(one_thread):
+    from mmlab.clip import fit_clip
+    cfg = parity_configs()["tiny"]
+    model = CLIP(clip_cfg_from_hf(cfg))
+    px, ids, _ = random_clip_inputs(cfg, batch=10, seed=1)
+    sizes = []
+    encode = model.encode_image
+    model.encode_image = lambda p: sizes.append(len(p)) or encode(p)
+    hist = fit_clip(model, px, ids, torch.arange(10), steps=3, batch_size=4, device="cpu")
+    assert sizes == [4, 4, 4] and len(hist["loss"]) == 3

@@ -546,3 +546,29 @@ def test_a_network_with_its_last_modality_absent_equals_the_network_built_withou
     torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(c.logits, a.logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(a.spikes, b.spikes)
+
+
+def test_audio_and_feature_front_ends():
+    "Audio: log-mel frames, a frame is real when its centre sample is, and the level is removed (a louder copy reads the same)."
+    from mmlab.neuro import ModalityConfig, _Preprocess
+    from mmlab.fusion import LogMel
+    torch.manual_seed(0)
+    pre = _Preprocess(ModalityConfig("audio", encoder_dim=8))
+    wav = torch.randn(2, 2000)
+    seq, mask, dt = pre(wav)
+    frames = LogMel(8000)(wav).shape[-1]
+    assert seq.shape == (2, frames, 8) and mask.all() and mask.dtype == torch.bool and (dt == 1).all()
+    torch.testing.assert_close(pre(3 * wav)[0], seq, atol=1e-4, rtol=1e-4)
+    keep = torch.ones(2, 2000, dtype=torch.bool); keep[1, 1000:] = False
+    _, m, _ = pre(wav, keep)
+    centres = (torch.arange(frames) * pre.logmel.hop).clamp(max=1999)
+    assert torch.equal(m, keep[:, centres]) and not m[1].all() and m[0].all()
+    with pytest.raises(ValueError, match=r"audio: expected a float \(B, samples\) waveform, got torch.int64"):
+        pre(torch.ones(2, 2000, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"audio: expected a float \(B, samples\) waveform"): pre(torch.randn(2, 100))
+    feat = _Preprocess(ModalityConfig("features", in_channels=5, encoder_dim=8))
+    seq, mask, _ = feat(torch.randn(3, 5))
+    assert seq.shape == (3, 1, 8) and mask.shape == (3, 1) and mask.all()
+    with pytest.raises(ValueError, match=r"features: expected float \(B, 5\)"): feat(torch.randn(3, 4))
+    text = _Preprocess(ModalityConfig("text", vocab_size=10, encoder_dim=4))
+    with pytest.raises(ValueError, match=r"text: expected integer \(B, L\) token ids"): text(torch.rand(2, 3))

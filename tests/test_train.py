@@ -311,6 +311,7 @@ def test_history_table_and_plot():
     assert [l.get_label() for l in loss_ax.get_lines()] == ["train", "validation"]
     assert list(loss_ax.get_lines()[1].get_xdata()) == [1, 2] and list(loss_ax.get_lines()[1].get_ydata()) == [0.5, 0.4]
     assert loss_ax.get_ylabel() == "loss" and list(acc_ax.get_lines()[0].get_ydata()) == [0.87654, 0.9]
+    assert list(acc_ax.get_lines()[0].get_xdata()) == [1, 2] and acc_ax.get_lines()[0].get_color() == "C2"
     assert tuple(fig.get_size_inches()) == (8, 3)
     only_train = plot_history([{"epoch": 1, "train_loss": 1.0}])
     assert len(only_train.axes[0].get_lines()) == 1 and not only_train.axes[1].get_lines()
@@ -325,7 +326,8 @@ def test_tune_searches_in_the_monitors_direction(monitor):
         lr = trial.suggest_float("lr", 1e-3, 1e-1, log=True)
         seen.append(lr)
         return MLPClassifier(4, 2, hidden=8), {"epochs": 2, "batch_size": 16, "lr": lr, "device": "cpu"}
-    study = tune(build, Blobs(32), Blobs(16, 1), n_trials=3, monitor=monitor, seed=0)
+    study = (tune(build, Blobs(32), Blobs(16, 1), n_trials=3, monitor=monitor, seed=0) if monitor == "val_loss" else
+             tune(build, Blobs(32), Blobs(16, 1), n_trials=3, seed=0))                # val_acc is the default
     assert len(study.trials) == 3 and len(seen) == 3
     assert study.direction.name == ("MAXIMIZE" if monitor == "val_acc" else "MINIMIZE")
     values = [t.value for t in study.trials if t.value is not None]
@@ -368,9 +370,10 @@ def test_fit_result_history_and_checkpointed_config(tmp_path):
 
 
 def test_fit_uses_collate_fn_for_validation_too():
-    pairs = [(torch.randn(4), int(i % 2)) for i in range(12)]
-    collate = lambda rows: {"x": torch.stack([r[0] for r in rows]), "labels": torch.tensor([r[1] for r in rows])}
-    res = fit(MLPClassifier(4, 2), pairs, pairs, epochs=1, batch_size=4, collate_fn=collate, progress=False, device="cpu")
+    "Rows the default collate cannot feed to the model: only the given collate_fn renames them."
+    rows = [{"features": torch.randn(4), "y": int(i % 2)} for i in range(12)]
+    collate = lambda rs: {"x": torch.stack([r["features"] for r in rs]), "labels": torch.tensor([r["y"] for r in rs])}
+    res = fit(MLPClassifier(4, 2), rows, rows, epochs=1, batch_size=4, collate_fn=collate, progress=False, device="cpu")
     assert 0.0 <= res.history[0]["val_acc"] <= 1.0
 
 
@@ -386,3 +389,8 @@ def test_accelerator_keeps_the_asked_precision_and_names_fit_when_accelerate_is_
         return real(name, *a)
     monkeypatch.setattr(importlib, "import_module", no_accelerate)
     with pytest.raises(MissingExtraError, match=r"^fit needs the package 'accelerate'"): _make_accelerator(FitConfig())
+    from mmlab.train import tune
+    real_optuna = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module",
+                        lambda name, *a: (_ for _ in ()).throw(ModuleNotFoundError(name=name)) if name == "optuna" else real_optuna(name, *a))
+    with pytest.raises(MissingExtraError, match=r"^tune needs the package 'optuna'"): tune(None, None, None)
