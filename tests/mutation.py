@@ -149,6 +149,8 @@ def run_module(module: str, tests: list, children: int, retest: bool = False, sa
         if not names:
             print(f"== {module}: every mutant already killed")
             return 0
+        # mutmut traces only tests with new names again; a changed test may now reach other functions
+        (dest / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
     return _mutmut(dest, "run", "--max-children", str(children), *names)
 
 
