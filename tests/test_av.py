@@ -217,3 +217,17 @@ def test_si_sdr_properties_and_parity(n, seed, scale, noise, offset, zero_mean):
     assert abs(si_sdr(scale * est, ref, zero_mean=zero_mean) - ours) < 1e-6 * max(1, abs(ours))   # scale-invariant
     theirs = tm.scale_invariant_signal_distortion_ratio(est, ref, zero_mean=zero_mean)
     assert abs(ours - theirs) < 1e-4, (ours, theirs)
+
+
+def test_every_generator_argument_is_part_of_the_cached_set(cache):
+    "A set is cached per arguments: changing any one of them gives the set those arguments describe, not a cached one."
+    pytest.importorskip("av", reason="PyAV writes the clips")
+    (a,) = make_av_locate(1, num_frames=8, segment=4, seed=3)
+    (b,) = make_av_locate(1, num_frames=8, segment=2, seed=3)
+    assert (a["segment"], len(a["sounding"]), b["segment"], len(b["sounding"])) == (4, 2, 2, 4)
+    rows = [make_av_locate(1, num_frames=8, segment=4, seed=s)[0] for s in (3, 4, 5, 6)]
+    assert len({(tuple(r["colours"]), tuple(r["shapes"]), tuple(r["sounding"])) for r in rows}) > 1
+    (c,) = make_av_locate(1, num_frames=8, segment=4, seed=3, sample_rate=8000)
+    assert read_av(c)[2].shape[-1] == 8 * 8000 // 16 and read_av(a)[2].shape[-1] == 8 * 16000 // 16
+    (s1,), (s2,) = make_av_separate(1, seed=4), make_av_separate(1, seed=4, sample_rate=8000)
+    assert np.load(s1["sources"]).shape == (2, 8000) and np.load(s2["sources"]).shape == (2, 4000)
