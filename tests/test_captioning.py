@@ -346,3 +346,13 @@ def test_bf16_autocast_matches_fp32_on_cuda(rows, cls):
         g = generate(m.step, m.start(b.inputs["vision"]), bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id,
                      max_length=8, num_beams=3)
     assert g.sequences.device.type == "cuda" and g.sequences.shape[0] == len(b)
+
+
+def test_sampling_keeps_every_token_by_default_and_lstm_dropout_needs_two_layers():
+    "top_k = 0 (the default) samples from the whole distribution: 'a' (0.6) and 'the' (0.4) both come out first."
+    from mmlab.captioning import CaptionerCfg, ShowAndTell, generate
+    firsts = {int(generate(toy_step, torch.zeros(1, 1), 0, 1, max_length=4, do_sample=True,
+                           generator=torch.Generator().manual_seed(s)).sequences[0, 1]) for s in range(40)}
+    assert firsts == {2, 3}
+    assert ShowAndTell(CaptionerCfg(vocab_size=10, dim=8, layers=2, dropout=0.3)).lstm.dropout == 0.3
+    assert ShowAndTell(CaptionerCfg(vocab_size=10, dim=8, layers=1, dropout=0.3)).lstm.dropout == 0.0
