@@ -188,7 +188,8 @@ def test_vision_augment_crops_inside_flips_and_jitters_within_bounds():
         h, first = t.shape[0], min(t[0, 0].item(), t[0, -1].item())   # the crop's top-left pixel, flipped or not
         top, left = divmod(round(first * 1600), 40)
         assert 0 <= top <= 40 - h and 0 <= left <= 40 - h
-        edges |= {"bottom"} if top == 40 - h else set(); edges |= {"right"} if left == 40 - h else set()
+        if h < 40:                                                   # a crop of the whole side touches both edges
+            edges |= {"bottom"} if top == 40 - h else set(); edges |= {"right"} if left == 40 - h else set()
     assert edges == {"bottom", "right"}
 
 
@@ -273,3 +274,14 @@ def test_pretrained_text_encoder_mean_pools_real_tokens():
     torch.testing.assert_close(out[0], h[0, :n].mean(0))
     torch.testing.assert_close(out[1], h[1].mean(0))
     with pytest.raises(PreprocessError, match="non-empty list of str"): enc("a red circle")
+
+
+def test_log_mel_argument_errors_name_the_argument():
+    w = torch.randn(4000)
+    for kw, msg in ((dict(n_mels=0), "log-mel: n_mels must be a positive integer, got 0"),
+                    (dict(amin=0.0), "log-mel: amin must be a positive number, got 0.0"),
+                    (dict(fmin=-1.0), "log-mel: fmin must be a non-negative number, got -1.0"),
+                    (dict(fmax=-5.0), "log-mel: fmax must be a positive number, got -5.0"),
+                    (dict(sr=0.5), r"log-mel: sr 0.5 Hz is not a sampling rate \(1 Hz to 10 MHz\)"),
+                    (dict(sr=2e7), r"log-mel: sr 20000000.0 Hz is not a sampling rate")):
+        with pytest.raises(PreprocessError, match=msg): log_mel_spectrogram(w, **{"sr": 8000, **kw})
