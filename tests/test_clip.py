@@ -174,7 +174,14 @@ def test_parity_configs_cover_the_variations_hugging_face_allows():
     CONFIGS = parity_configs()                                   # built here, not at import, so a change to it shows
     acts = {c.vision_config.hidden_act for c in CONFIGS.values()} | {c.text_config.hidden_act for c in CONFIGS.values()}
     assert set(CONFIGS) == {"tiny", "wide", "deep"} and acts == {"quick_gelu", "gelu"}
+    assert {c.text_config.hidden_act for c in CONFIGS.values()} == {"quick_gelu", "gelu"}
     assert {c.vision_config.layer_norm_eps for c in CONFIGS.values()} == {1e-5, 1e-6}
+    assert {c.text_config.layer_norm_eps for c in CONFIGS.values()} == {1e-5, 1e-6}
+    assert any(c.text_config.eos_token_id == c.text_config.vocab_size - 1 != 2 for c in CONFIGS.values())
+    for c in CONFIGS.values():                                   # tiny, so the parity tests take seconds
+        v, t = c.vision_config, c.text_config
+        assert v.image_size <= 32 and max(v.num_hidden_layers, t.num_hidden_layers) <= 4
+        assert max(v.intermediate_size, t.intermediate_size) <= 128 and t.vocab_size <= 100
     assert {c.vision_config.num_channels for c in CONFIGS.values()} == {1, 3}
     assert max(c.vision_config.num_hidden_layers for c in CONFIGS.values()) >= 4
     assert {c.text_config.eos_token_id == 2 for c in CONFIGS.values()} == {True, False}      # legacy eos rule and real eos id
