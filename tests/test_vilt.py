@@ -509,3 +509,22 @@ def test_bf16_forward_and_backward_agree_with_fp32_on_cuda():
     cos = torch.nn.functional.cosine_similarity(torch.cat([g.flatten() for g in g32.values()]),
                                                 torch.cat([m.get_parameter(n).grad.float().flatten() for n in g32]), dim=0)
     assert cos > 0.99
+
+
+def test_config_round_trip_keeps_every_field_and_the_initialisation_is_berts():
+    import dataclasses
+    from mmlab.vilt import ViLT, ViltConfig, vilt_config_from_hf, vilt_config_to_hf
+    cfg = ViltConfig(vocab_size=50, modality_types=3, pad_token_id=5, attn_dropout=0.15, dropout=0.05, dim=32, heads=4, mlp_dim=48,
+                     layers=1, image_size=32, patch_size=8)
+    hf = vilt_config_to_hf(cfg, num_images=2)
+    assert hf.num_images == 2 and hf.modality_type_vocab_size == 3 and hf.pad_token_id == 5
+    back = vilt_config_from_hf(hf)
+    assert dataclasses.asdict(back) == dataclasses.asdict(cfg)
+    assert cfg.block().attn_dropout == 0.15 and cfg.block().dropout == 0.05
+    torch.manual_seed(0)
+    pe = ViLT(cfg).patch_embed.pos_embed
+    assert abs(pe.mean().item()) < 0.01 and abs(pe.std().item() - cfg.init_std) < 0.005
+    from mmlab.vilt import _check_ids
+    with pytest.raises(ValueError, match=r"input_ids must be an integer tensor of shape \(B, L\), got \(2, 3\) torch.float32"):
+        _check_ids(torch.zeros(2, 3), 50, 8)
+    with pytest.raises(ValueError, match=r"got list$"): _check_ids([[1, 2]], 50, 8)
