@@ -441,3 +441,11 @@ def test_vilt_vqa_bf16_autocast_agrees_with_fp32_on_cuda(vilt_setup):
     torch.testing.assert_close(out.logits.float(), ref.logits, atol=5e-2, rtol=5e-2)
     torch.testing.assert_close(out.loss.float(), ref.loss, atol=5e-2, rtol=2e-2)
     assert torch.nn.functional.cosine_similarity(g16, g32, dim=0) > 0.99
+
+
+def test_two_distinct_answers_are_normalised_before_matching():
+    "The script normalises answers (punctuation, articles, digits) as soon as the annotators disagree, two answers included."
+    from mmlab.vqa import _leave_one_out
+    answers = [{"answer": "two dogs!", "answer_id": i} for i in range(2)] + [{"answer": "cats", "answer_id": 2 + i} for i in range(8)]
+    assert _leave_one_out("2 dogs", answers) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)
+    assert _leave_one_out("two dogs", [{"answer": "two dogs", "answer_id": i} for i in range(10)]) == 1.0
