@@ -285,3 +285,23 @@ def test_log_mel_argument_errors_name_the_argument():
                     (dict(sr=0.5), r"log-mel: sr 0.5 Hz is not a sampling rate \(1 Hz to 10 MHz\)"),
                     (dict(sr=2e7), r"log-mel: sr 20000000.0 Hz is not a sampling rate")):
         with pytest.raises(PreprocessError, match=msg): log_mel_spectrogram(w, **{"sr": 8000, **kw})
+
+
+def test_sampling_rate_bounds_default_bands_and_missing_packages_are_named(tmp_path, monkeypatch):
+    assert log_mel_spectrogram(torch.randn(64), 1, n_fft=16, hop_length=4, n_mels=4).shape == (4, 17)   # 1 Hz is allowed
+    assert log_mel_spectrogram(torch.randn(4000), 8000).shape[0] == 64                                   # 64 bands by default
+    log_mel_spectrogram(torch.randn(4000), 10_000_000)                                                  # so is 10 MHz
+    with pytest.raises(PreprocessError, match="sr 10000001 Hz is not a sampling rate"): log_mel_spectrogram(torch.randn(4000), 10_000_001)
+    bad = tmp_path / "bad.mp4"; bad.write_bytes(b"\x00" * 64)
+    from mmlab.data.preprocess import read_audio_track, video_info
+    with pytest.raises(PreprocessError, match=rf"video: cannot read '{bad}' \(\w+Error: "): video_info(bad)
+    with pytest.raises(PreprocessError, match=rf"audio: cannot decode the track of '{bad}' \(\w+Error: "): read_audio_track(bad)
+    import importlib
+    from mmlab.core import MissingExtraError
+    real = importlib.import_module
+    gone = lambda name, *a: (_ for _ in ()).throw(ModuleNotFoundError(name=name)) if name in ("av", "librosa") else real(name, *a)
+    monkeypatch.setattr(importlib, "import_module", gone)
+    with pytest.raises(MissingExtraError, match="^reading and writing video needs the package 'av'"): video_info(bad)
+    with pytest.raises(MissingExtraError, match="^reading and writing video needs the package 'av'"): read_audio_track(bad)
+    with pytest.raises(MissingExtraError, match="^AudioPreprocessor needs the package 'librosa'"):
+        AudioPreprocessor(sr=8000).features((np.ones(800, np.float32), 8000))
