@@ -642,3 +642,17 @@ def test_sampling_training_and_judging_refuse_bad_input_by_name():
     judge = AttributeClassifier(n_colors=3, image_size=8)
     _refused_by_mmlab(lambda: judge(torch.randn(2, 3, 8, 8), torch.zeros(2, 4, dtype=torch.long)), "labels", "(2, 5)", "(2, 4)")
     _refused_by_mmlab(lambda: judge(torch.randn(2, 3, 8, 8), torch.zeros(2, 5)), "labels", "float32")
+
+
+def test_attribute_scores_by_hand_and_small_settings_reach_their_layers():
+    "Rows are scored one by one: a right relation needs the objects in their slots (or two identical objects)."
+    from mmlab.generation import ResBlock, _randn, attribute_scores
+    target = torch.tensor([[0, 1, 2, 3, 0], [0, 1, 2, 3, 1], [4, 4, 4, 4, 0]])
+    pred = torch.tensor([[0, 1, 2, 3, 0], [2, 3, 0, 1, 1], [4, 4, 4, 4, 0]])
+    s = attribute_scores(pred, target)
+    assert s["colour"].tolist() == [True, True, True] and s["relation"].tolist() == [True, False, True]
+    assert s["all"].tolist() == [True, False, True]
+    assert ResBlock(8, 16, 4, groups=4, eps=1e-3).norm1.eps == 1e-3
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    assert _randn((2, 3), gens, torch.device("cpu"), torch.float64).dtype == torch.float64
+    assert "empty_mask" not in _model().state_dict()                          # rebuilt from the encoder, not saved
