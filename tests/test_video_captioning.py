@@ -101,7 +101,7 @@ def test_a_captioner_learns_to_tell_clips_apart():
     for t in range(8): x[0, t, :, :, 4 + t] = 1; x[1, t, :, :, 11 - t] = 1
     caps = [["a red square moves to the right"], ["a red square moves to the left"]]
     m = _captioner(C3D(CFG), dim=32).train()
-    res = fit(m, clip_caption_batch(x.repeat(16, 1, 1, 1, 1), caps * 16, TOK), epochs=10, batch_size=8, lr=3e-3,
+    res = fit(m, clip_caption_batch(x.repeat(16, 1, 1, 1, 1), caps * 16, TOK), epochs=20, batch_size=8, lr=3e-3,
               progress=False, device="cpu", monitor="train_loss")
     assert caption_clips(res.model, x, TOK) == [c[0] for c in caps]
 
