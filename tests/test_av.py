@@ -231,3 +231,20 @@ def test_every_generator_argument_is_part_of_the_cached_set(cache):
     assert read_av(c)[2].shape[-1] == 8 * 8000 // 16 and read_av(a)[2].shape[-1] == 8 * 16000 // 16
     (s1,), (s2,) = make_av_separate(1, seed=4), make_av_separate(1, seed=4, sample_rate=8000)
     assert np.load(s1["sources"]).shape == (2, 8000) and np.load(s2["sources"]).shape == (2, 4000)
+
+
+def test_argument_errors_name_the_function_and_the_boundaries():
+    from mmlab.av import heatmap_to_pixels, sdr
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(ValueError, match=rf"n must be a positive integer, got {bad!r}"): make_av_sync(bad)
+    v = torch.nn.functional.normalize(torch.randn(2, 6, 4), dim=-1)
+    assert sync_scores(v, v, [-5, 0, 5]).shape == (2, 3)                         # |shift| up to T - 1
+    with pytest.raises(ValueError, match="shift"): sync_scores(v, v, [6])
+    with pytest.raises(ValueError, match=r"^si_sdr: estimate must be \(\.\.\., L\)"): si_sdr(torch.ones(1), torch.ones(1))
+    with pytest.raises(ValueError, match=r"^si_sdr: reference is silent"): si_sdr(torch.ones(8), torch.zeros(8))
+    with pytest.raises(ValueError, match=r"^sdr: reference is silent"): sdr(torch.ones(64), torch.zeros(64), filter_length=8)
+    h = torch.rand(2, 4, 4)
+    up = heatmap_to_pixels(h, 16)
+    assert up.shape == (2, 16, 16)
+    torch.testing.assert_close(up.mean((1, 2)), h.mean((1, 2)), atol=0.02, rtol=0.05)       # bilinear keeps the level
+    torch.testing.assert_close(up[:, 6:10, 6:10].mean((1, 2)), h[:, 1:3, 1:3].mean((1, 2)), atol=0.1, rtol=0.1)

@@ -275,3 +275,9 @@ def test_fit_clip_draws_batches_of_the_asked_size(one_thread):
     model.encode_image = lambda p: sizes.append(len(p)) or encode(p)
     hist = fit_clip(model, px, ids, torch.arange(10), steps=3, batch_size=4, device="cpu")
     assert sizes == [4, 4, 4] and len(hist["loss"]) == 3
+
+
+def test_hugging_face_config_keeps_special_ids_inside_the_vocabulary():
+    for cfg in parity_configs().values():
+        t = clip_cfg_to_hf(clip_cfg_from_hf(cfg)).text_config
+        assert all(0 <= i < t.vocab_size for i in (t.bos_token_id, t.eos_token_id, t.pad_token_id))
