@@ -115,3 +115,11 @@ def test_bad_input_is_refused_with_a_clear_error():
     with pytest.raises(SchemaError, match=r"expected shape \(B, 8, 3, 16, 16\)"): m.start(torch.randn(2, 8, 3, 32, 32))
     with pytest.raises(ValueError, match="a list per clip"): clip_caption_batch(x, [["a"]], TOK)
     with pytest.raises(ValueError, match="no caption"): clip_caption_batch(x, [[], []], TOK)
+
+
+def test_caption_rows_mark_their_padding():
+    x = torch.zeros(2, 8, 3, 16, 16)
+    b = clip_caption_batch(x, [["a red square moves to the right"], ["a red square turns", "a red square"]], TOK)
+    ids = b.inputs["text"]
+    assert torch.equal(b.pad_mask["text"], ids != TOK.pad_id) and torch.equal(b.lengths["text"], (ids != TOK.pad_id).sum(1))
+    assert not b.pad_mask["text"].all()                                   # the shorter captions are padded

@@ -263,3 +263,15 @@ def test_video_clips_errors(clips):
                          (dict(videos=["a.mp4"], stride=0), ">= 1"), (dict(videos=["a.mp4"], hop=0), ">= 1")]:
         with pytest.raises(ValueError, match=word): VideoClips(**kwargs)
     with pytest.raises(PreprocessError, match="no such file"): VideoClips(["nope.mp4"], 2)[0]
+
+
+def test_every_generator_argument_is_part_of_the_cache_and_small_defaults(tmp_path, monkeypatch):
+    "Changing fps gives clips at that rate (a cache key without it would hand back the other set); one caption is allowed."
+    monkeypatch.setenv("MMLAB_CACHE_DIR", str(tmp_path))
+    a = make_moving_shapes(4, num_frames=4, size=16, fps=8, audio=False, n_captions=1)
+    b = make_moving_shapes(4, num_frames=4, size=16, fps=4, audio=False, n_captions=1)
+    assert set(a["fps"]) == {8} and set(b["fps"]) == {4} and all(len(c) == 1 for c in a["captions"])
+    from mmlab.video import render_frames
+    states = np.tile([[0.5, 0.5, 0.2, 0.0]], (2, 1)).astype(np.float32)
+    assert np.array_equal(render_frames([("square", "red", states)], 16), render_frames([("square", "red", states)], 16))
+    assert VideoClips([str(tmp_path / "x.mp4")]).num_frames == 8
