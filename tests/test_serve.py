@@ -200,6 +200,7 @@ def test_batched_predictions_equal_single_ones(service):
 def test_metrics_are_valid_prometheus_text(client):
     parser = pytest.importorskip("prometheus_client.parser")
     client.get("/health"); client.post("/predict/multimodal", data={"text": "   "})
+    assert client.post("/predict/multimodal", data={"text": "a red circle"}).status_code == 200   # a batch of its own
     fams = {f.name: f for f in parser.text_string_to_metric_families(client.get("/metrics").text)}
     reqs = {(s.labels["route"], s.labels["status"]): s.value for s in fams["mmlab_requests"].samples}
     assert reqs[("/health", "200")] >= 1 and reqs[("/predict/multimodal", "422")] >= 1
