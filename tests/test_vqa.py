@@ -449,3 +449,15 @@ def test_two_distinct_answers_are_normalised_before_matching():
     answers = [{"answer": "two dogs!", "answer_id": i} for i in range(2)] + [{"answer": "cats", "answer_id": 2 + i} for i in range(8)]
     assert _leave_one_out("2 dogs", answers) == pytest.approx((2 * 1 / 3 + 8 * 2 / 3) / 10)
     assert _leave_one_out("two dogs", [{"answer": "two dogs", "answer_id": i} for i in range(10)]) == 1.0
+
+
+def test_naming_regions_is_the_sum_of_colour_and_shape_cross_entropies():
+    from mmlab.vqa import _NameRegions, RegionEncoder
+    torch.manual_seed(0)
+    enc = RegionEncoder().eval()
+    x, col, shp = torch.rand(2, 3, 48, 48), torch.randint(0, 7, (2, 9)), torch.randint(0, 5, (2, 9))
+    out = _NameRegions(enc)(x, col, shp)
+    lc, ls = enc.logits(x)
+    want = torch.nn.functional.cross_entropy(lc.reshape(18, -1), col.flatten()) + torch.nn.functional.cross_entropy(ls.reshape(18, -1), shp.flatten())
+    torch.testing.assert_close(out.loss, want)
+    assert out.logits.shape == (18, 7) and torch.equal(out.labels, col.flatten())
