@@ -307,3 +307,69 @@ def test_dockerfile_builds_the_service_on_the_official_python_base():
     assert any(k == "ENTRYPOINT" and '"serve"' in v for k, v in ins)
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert {".git", ".venv", "tests", "nbs"} <= set(ignored)
+
+
+# --- what the mutation run showed the tests above let through ---
+
+def test_serve_command_builds_an_index_or_starts_uvicorn_with_its_options(monkeypatch, capsys):
+    import mmlab.serve as S
+    calls = {}
+    monkeypatch.setattr(S, "build_index", lambda out, clip, n: calls.setdefault("index", (out, clip, n)) and Path(out))
+    assert serve_main(["--build-index", "idx"]) == 0 and calls["index"] == ("idx", CLIP, 200)
+    assert "index of 200 images and captions written to idx" in capsys.readouterr().out
+    class Uvicorn:
+        @staticmethod
+        def run(app, host, port, log_level): calls["run"] = (app.title, host, port, log_level)
+    monkeypatch.setattr(S, "require", lambda name, what: calls.setdefault("require", (name, what)) and Uvicorn)
+    seen = {}
+    monkeypatch.setattr(S, "load_service", lambda *a: seen.setdefault("args", a) and S.Service(None, None, a[-1]))
+    assert serve_main(["--clip", CLIP, "--backend", "onnx", "--max-batch-size", "1"]) == 0
+    assert calls["require"] == ("uvicorn", "mmlab serve") and calls["run"] == ("mmlab inference service", "127.0.0.1", 8000, "warning")
+    assert seen["args"][:5] == (None, CLIP, None, "onnx", "onnx") and seen["args"][5].max_batch_size == 1
+    assert "serving on http://127.0.0.1:8000 (backend onnx, max batch 1); docs at /docs" in capsys.readouterr().out
+    monkeypatch.setattr(S, "load_service", lambda *a: (_ for _ in ()).throw(FileNotFoundError("checkpoint x does not exist")))
+    with pytest.raises(SystemExit, match="^mmlab serve: checkpoint x does not exist$"): serve_main(["--checkpoint", "x"])
+
+
+def test_load_service_refuses_a_foreign_index_and_keeps_its_defaults(dirs, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"serve.json is missing: .* was not written by `mmlab serve --build-index`"):
+        load_service(clip=CLIP, index=tmp_path)
+    (tmp_path / "serve.json").write_text('{"clip": "another/clip"}')
+    with pytest.raises(ValueError, match=r"was built with CLIP 'another/clip', not 'openai/clip-vit-base-patch32'"):
+        load_service(clip=CLIP, index=tmp_path)
+    s = load_service(clip=CLIP)
+    assert s.config == ServeConfig() and s.predictor is None and s.clip is not None and set(s.batchers) == {"clip_image"}
+    assert ServeConfig(max_batch_size=1).max_batch_size == 1                         # 1: no dynamic batching
+
+
+def test_histograms_sum_what_they_count_and_batches_are_named_per_model():
+    m = Metrics()
+    for s in (0.25, 0.5): m.request("GET", "/x", 200, s)
+    m.batch("clip_image", 3)
+    text = m.render()
+    assert 'mmlab_request_seconds_sum{route="/x"} 0.75' in text and 'mmlab_request_seconds_count{route="/x"} 2' in text
+    assert 'mmlab_batch_size_sum{model="clip_image"} 3' in text
+
+
+def test_input_errors_name_their_field():
+    from mmlab.serve import read_audio, read_text
+    cfg = ServeConfig(max_upload_bytes=100)
+    with pytest.raises(InputError) as e: read_audio(b"x" * 200, "clip_audio", cfg, 8000)
+    assert e.value.field == "clip_audio" and e.value.status == 413
+    with pytest.raises(InputError) as e: read_text("zzzz qqqq", "caption", ServeConfig())
+    assert e.value.field == "caption" and e.value.status == 422
+
+
+def test_onnx_module_runs_a_saved_graph(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+    from mmlab.serve import OnnxModule
+    graph = helper.make_graph([helper.make_node("Add", ["a", "b"], ["y"])], "add",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2, 3]) for n in "ab"],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    path = tmp_path / "add.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    m = OnnxModule(path, threads=1)
+    a, b = torch.randn(2, 3), torch.randn(2, 3)
+    assert m.input_names == ["a", "b"] and torch.allclose(m(a, b), a + b)
+    with pytest.raises(FileNotFoundError, match="no ONNX model at"): OnnxModule(tmp_path / "none.onnx")
