@@ -248,3 +248,20 @@ def test_argument_errors_name_the_function_and_the_boundaries():
     assert up.shape == (2, 16, 16)
     torch.testing.assert_close(up.mean((1, 2)), h.mean((1, 2)), atol=0.02, rtol=0.05)       # bilinear keeps the level
     torch.testing.assert_close(up[:, 6:10, 6:10].mean((1, 2)), h[:, 1:3, 1:3].mean((1, 2)), atol=0.1, rtol=0.1)
+
+
+def test_generated_rows_and_files_keep_what_was_asked(cache):
+    "Rows carry their settings, the two objects differ in colour, one of the two sounds per segment, clips run at fps."
+    pytest.importorskip("av", reason="PyAV writes the clips")
+    from mmlab.av import SeparatorCfg
+    from mmlab.data.preprocess import video_info
+    (s,) = make_av_sync(1, num_frames=8, seed=2)
+    assert {"colour", "shape", "fps", "sample_rate", "num_frames", "offset"} <= set(s) and s["fps"] == 16
+    located = make_av_locate(8, num_frames=8, segment=2, seed=5)
+    separated = make_av_separate(4, seed=6)
+    assert all(set(r["sounding"]) <= {0, 1} for r in located)
+    assert all(len(set(r["colours"])) == 2 for r in located + separated)
+    assert all(r["fps"] == 16 and r["sample_rate"] == 16000 for r in separated)
+    assert video_info(separated[0]["video"]).fps == 16
+    sep = AVSeparator(SeparatorCfg(hop_length=32))
+    assert sep.stft(torch.randn(2, 1024)).shape[-1] == 1024 // 32 + 1
