@@ -265,3 +265,17 @@ def test_generated_rows_and_files_keep_what_was_asked(cache):
     assert video_info(separated[0]["video"]).fps == 16
     sep = AVSeparator(SeparatorCfg(hop_length=32))
     assert sep.stft(torch.randn(2, 1024)).shape[-1] == 1024 // 32 + 1
+
+
+def test_each_clip_is_located_on_its_own_and_objects_drift():
+    "A clip's heatmap does not depend on the other clips of the batch; generated objects move a little over the clip."
+    from mmlab.av import _two_objects
+    torch.manual_seed(0)
+    m = SoundLocator().eval()
+    frames, mels = torch.rand(3, 3, 32, 32), torch.randn(3, 32, 16)
+    with torch.no_grad():
+        together = m(frames, mels).heatmap
+        alone = torch.cat([m(frames[i:i + 1], mels[i:i + 1]).heatmap for i in range(3)])
+    torch.testing.assert_close(together, alone, atol=1e-6, rtol=1e-5)
+    for _, _, states in _two_objects(np.random.default_rng(0), 8):
+        assert np.abs(states[-1, :2] - states[0, :2]).max() > 1e-3 and np.abs(states[-1, :2] - states[0, :2]).max() <= 0.08 + 1e-6
