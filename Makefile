@@ -68,10 +68,10 @@ site: $(TEST_STAMP)
 	$(TEST_ENV) $(BIN)/python course_site/build.py
 
 # Mutation testing ([tool.mmlab.mutation] in pyproject.toml): a mutant is a one-line bug; the table at the end is
-# the share of them the tests catch, per module. Hours on 2 cores for all of them, so not part of `make test`.
-# First the known bugs (tests/mutation.py's KNOWN_BUGS, a few minutes): each must make its tests fail.
+# the share of them the tests catch, per module. Too long on 2 cores for all of them to be part of `make test`.
+# First the known bugs (tests/mutation.py's KNOWN_BUGS, 2.5 minutes here): each must make its tests fail.
 # MODULES narrows it, e.g. make mutation MODULES=mmlab/losses.py; SAMPLE=200 tests a seeded sample of each module's
-# mutants (an estimate, about 10 minutes a module); runs are kept in .cache/mutation/.
+# mutants (an estimate; 2 to 6 minutes a core module here); runs are kept in .cache/mutation/.
 MODULES ?=
 SAMPLE ?= 0
 mutation: $(TEST_STAMP)

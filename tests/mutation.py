@@ -11,8 +11,9 @@
 Each module runs in its own copy of the project (`.cache/mutation/<module>/`) with mutmut told to mutate that
 module only and to run only the test files that cover it, so the tracing pass and every mutant's run stay
 short. `--sample N` tests a seeded random sample of the module's mutants instead of all of them (the rate is
-then an estimate: with 200 mutants and a rate near 90 %, the 95 % interval is about +-4 points). Copies are kept: a second run re-tests only what changed. A mutant counts as killed when a test failed
-or timed out on it; "no tests" (no selected test reaches the mutated function) counts against the module.
+then an estimate: with 200 mutants and a rate near 90 %, the 95 % interval is about +-4 points). Copies are kept:
+a second run re-tests only what changed. A mutant counts as killed when a test failed, timed out or crashed on it;
+"no tests" (no selected test reaches the mutated function) counts against the module.
 """
 import argparse
 import json
@@ -31,6 +32,8 @@ BIN = Path(sys.executable).parent
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}   # a crash under test is a failing test too
 IGNORED = {"skipped", "not checked"}
 GOAL = 0.90
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MMLAB_OFFLINE": "true", "PYTHONHASHSEED": "0",
+       "MPLBACKEND": "Agg"}   # what `make test` runs under
 
 # Realistic one-line bugs found by hand in the core modules, each with the tests that must catch it:
 # (what, file, original text, buggy text, tests).
@@ -111,10 +114,7 @@ def configure(dest: Path, module: str, tests: list):
     if not target.exists() or target.read_text() != new: target.write_text(new)
 
 
-def _mutmut(dest: Path, *args) -> int:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MMLAB_OFFLINE": "true",
-           "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg"}
-    return subprocess.run([str(BIN / "mutmut"), *args], cwd=dest, env=env).returncode
+def _mutmut(dest: Path, *args) -> int: return subprocess.run([str(BIN / "mutmut"), *args], cwd=dest, env=ENV).returncode
 
 
 def sample_names(module: str) -> list | None:
@@ -138,13 +138,13 @@ def run_module(module: str, tests: list, children: int, retest: bool = False, sa
     sync_copy(dest)
     configure(dest, module, tests)
     print(f"== {module} ({', '.join(tests)})", flush=True)
-    if sample and (sample_names(module) is None or len(sample_names(module)) != sample):
-        draw_sample(module, sample, children)
-    if not (sample or retest) and sample_names(module) is not None: (dest / "sample.json").unlink()   # a whole run
-    chosen = sample_names(module) if sample or retest else None
-    found = statuses(module)
+    chosen = sample_names(module)
+    if sample and (chosen is None or len(chosen) != sample): chosen = draw_sample(module, sample, children)
+    if not (sample or retest) and chosen is not None:                     # a whole run: forget the sample
+        (dest / "sample.json").unlink(); chosen = None
     names = chosen or []
     if retest:   # mutmut keeps a verdict until the function changes; after new tests, name the mutants to test again
+        found = statuses(module)
         names = [k for k in (chosen or found) if found.get(k) not in KILLED | IGNORED]
         if not names:
             print(f"== {module}: every mutant already killed")
@@ -180,14 +180,14 @@ def report(modules) -> list:
     below = []
     for module in modules:
         found, chosen = statuses(module), sample_names(module)
+        of = f"  (sample of {len(found)})" if chosen is not None else ""
         if chosen is not None: found = {k: found.get(k, "not checked") for k in chosen}
         for name, counts in sorted(kill_rates(found).items()):
             tested = sum(n for s, n in counts.items() if s not in IGNORED)
             killed = sum(counts[s] for s in KILLED)
             rate = killed / tested if tested else 0.0
             below += [name] if rate < GOAL else []
-            print(f"{name:<24}{tested:>8}{killed:>8}{counts['survived']:>9}{counts['no tests']:>9}{rate:>8.1%}"
-                  + (f"  (sample of {len(statuses(module))})" if chosen is not None else ""))
+            print(f"{name:<24}{tested:>8}{killed:>8}{counts['survived']:>9}{counts['no tests']:>9}{rate:>8.1%}{of}")
     print(f"below {GOAL:.0%}: {', '.join(below) or 'none'}")
     return below
 
@@ -197,8 +197,7 @@ def survivors(module: str):
     dest = workdir(module)
     found, chosen = statuses(module), sample_names(module)
     for name, status in sorted(found.items()):
-        if chosen is not None and name not in chosen: continue
-        if status in KILLED or status in IGNORED: continue
+        if status in KILLED | IGNORED or (chosen is not None and name not in chosen): continue
         print(f"--- {name}: {status}")
         print(subprocess.run([str(BIN / "mutmut"), "show", name], cwd=dest, capture_output=True, text=True).stdout)
 
@@ -207,9 +206,8 @@ def known_bugs() -> bool:
     "Put each of KNOWN_BUGS into a copy of the project, one at a time, and run its tests: each must fail."
     dest = WORK / "known"
     sync_copy(dest)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MMLAB_OFFLINE": "true", "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg"}
     run = lambda tests: subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:randomly", "-p", "no:cacheprovider",
-                                        *tests], cwd=dest, env=env, capture_output=True, text=True)
+                                        *tests], cwd=dest, env=ENV, capture_output=True, text=True)
     clean = run(sorted({t for *_, tests in KNOWN_BUGS for t in tests}))
     if clean.returncode != 0: raise SystemExit(f"the tests fail without any bug:\n{clean.stdout[-3000:]}")
     all_caught = True

@@ -378,19 +378,11 @@ def test_fit_uses_collate_fn_for_validation_too():
 
 
 def test_accelerator_keeps_the_asked_precision_and_names_fit_when_accelerate_is_missing(monkeypatch):
-    import importlib
+    import sys
     from mmlab.core import MissingExtraError
-    from mmlab.train import _make_accelerator
+    from mmlab.train import _make_accelerator, tune
     acc = _make_accelerator(FitConfig(device="cpu", mixed_precision="bf16"))
     assert acc.mixed_precision == "bf16" and acc.device.type == "cpu"
-    real = importlib.import_module
-    def no_accelerate(name, *a):
-        if name == "accelerate": raise ModuleNotFoundError("No module named 'accelerate'", name="accelerate")
-        return real(name, *a)
-    monkeypatch.setattr(importlib, "import_module", no_accelerate)
+    for name in ("accelerate", "optuna"): monkeypatch.setitem(sys.modules, name, None)   # import fails as if absent
     with pytest.raises(MissingExtraError, match=r"^fit needs the package 'accelerate'"): _make_accelerator(FitConfig())
-    from mmlab.train import tune
-    real_optuna = importlib.import_module
-    monkeypatch.setattr(importlib, "import_module",
-                        lambda name, *a: (_ for _ in ()).throw(ModuleNotFoundError(name=name)) if name == "optuna" else real_optuna(name, *a))
     with pytest.raises(MissingExtraError, match=r"^tune needs the package 'optuna'"): tune(None, None, None)
